@@ -1,0 +1,156 @@
+"""Every figure the labs write goes through here: titled, labelled, saved, closed.
+
+Figures are saved at 120 dpi and closed at once; nothing is ever shown on screen.
+"""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+DPI = 120
+CELL_COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def save(figure, path):
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+    return path
+
+
+def _metric_pairs(rows):
+    """The per-epoch series to plot, as (name, train key, validation key)."""
+    skip = {"epoch", "epoch_seconds", "learning_rate"}
+    keys = [key for key in rows[0] if key not in skip and not key.startswith("val_")]
+    return [(key, key, f"val_{key}") for key in keys]
+
+
+def learning_curves(rows, path, title, best_epoch=None, stopped_epoch=None,
+                    boundaries=()):
+    """Loss and metrics per epoch, train and validation, best/stop epochs marked.
+
+    ``rows`` are history rows (dicts with "epoch" counted from 1); ``boundaries``
+    is a list of (epoch, label) drawn as dotted lines, e.g. a fine-tuning phase.
+    """
+    if not rows:
+        return None
+    pairs = _metric_pairs(rows)
+    epochs = [row["epoch"] for row in rows]
+    figure, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4),
+                                squeeze=False)
+    for axis, (name, train_key, val_key) in zip(axes[0], pairs):
+        train = [row.get(train_key) for row in rows]
+        axis.plot(epochs, train, "o-", markersize=3, label=f"train {name}")
+        if any(row.get(val_key) is not None for row in rows):
+            val = [row.get(val_key) for row in rows]
+            axis.plot(epochs, val, "s-", markersize=3, label=f"validation {name}")
+        if best_epoch:
+            axis.axvline(best_epoch, color="green", linestyle="--",
+                         label=f"best epoch ({best_epoch})")
+        if stopped_epoch:
+            axis.axvline(stopped_epoch, color="red", linestyle=":",
+                         label=f"early stop ({stopped_epoch})")
+        for epoch, label in boundaries:
+            axis.axvline(epoch, color="purple", linestyle="-.", label=label)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(name.replace("_", " "))
+        axis.set_title(name.replace("_", " "))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+        if len(epochs) < 15:
+            axis.set_xticks(epochs)
+    figure.suptitle(title)
+    return save(figure, path)
+
+
+def confusion_matrix(y_true, y_pred, class_names, path, title):
+    """Row-normalized confusion matrix (recall per true class) with counts."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    labels = list(range(len(class_names)))
+    counts = sk_confusion_matrix(y_true, y_pred, labels=labels)
+    totals = counts.sum(axis=1, keepdims=True)
+    normalized = np.divide(counts, totals, out=np.zeros(counts.shape),
+                           where=totals > 0)
+    size = max(4.5, 0.55 * len(class_names) + 2)
+    figure, axis = plt.subplots(figsize=(size + 1, size))
+    image = axis.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axis, label="share of true class")
+    if len(class_names) <= 20:
+        for row in range(len(labels)):
+            for column in range(len(labels)):
+                value = normalized[row, column]
+                axis.text(column, row, f"{value:.2f}\n({counts[row, column]})",
+                          ha="center", va="center", fontsize=7,
+                          color="white" if value > 0.5 else "black")
+    axis.set_xticks(labels, class_names, rotation=45, ha="right")
+    axis.set_yticks(labels, class_names)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    axis.set_title(f"{title}\n(normalized by true class; accuracy {accuracy:.3f})")
+    return save(figure, path)
+
+
+def image_grid(images, titles, path, title, columns=8, title_colors=None):
+    """A grid of images (N, H, W, C) in [0, 1] with a caption each."""
+    images = np.asarray(images)
+    count = len(images)
+    if count == 0:
+        return None
+    columns = min(columns, count)
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.6),
+                                squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index >= count:
+            continue
+        image = np.clip(images[index], 0, 1)
+        if image.ndim == 3 and image.shape[-1] == 1:
+            axis.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+        else:
+            axis.imshow(image)
+        color = title_colors[index] if title_colors else "black"
+        axis.set_title(titles[index], fontsize=8, color=color)
+    figure.suptitle(title)
+    return save(figure, path)
+
+
+def bar_chart(names, panels, path, title):
+    """One bar panel per quantity: ``panels`` is {"label (unit)": [value per name]}."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8),
+                                squeeze=False)
+    colors = [CELL_COLORS[index % len(CELL_COLORS)] for index in range(len(names))]
+    for axis, (label, values) in zip(axes[0], panels.items()):
+        bars = axis.bar(names, values, color=colors)
+        axis.bar_label(bars, labels=[f"{value:.3g}" for value in values], fontsize=8)
+        axis.set_title(label)
+        axis.set_ylabel(label)
+        axis.set_xlabel("model")
+        axis.tick_params(axis="x", rotation=20)
+        axis.grid(axis="y", alpha=0.3)
+        axis.margins(y=0.15)
+    figure.suptitle(title)
+    return save(figure, path)
+
+
+def curves(series, path, title, xlabel, ylabel, log_y=False, markers=None):
+    """Several named lines on one axis: ``series`` is {name: (x, y)}."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name, (x, y) in series.items():
+        axis.plot(x, y, "o-", markersize=3, label=name)
+    for value, label in markers or ():
+        axis.axhline(value, color="gray", linestyle="--", label=label)
+    if log_y:
+        axis.set_yscale("log")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return save(figure, path)

@@ -1,0 +1,192 @@
+"""The run directory: one folder per run, never overwritten, written atomically.
+
+```
+config.json   every argument, backend, package versions, seed, host, start time
+history.csv   one row per epoch, written as it goes   (common.callbacks)
+history.json  the same rows, plus epoch time and learning rate
+metrics.json  flat final figures, with status
+model.keras   the best model
+plots/*.png   learning_curves.png always, and the lab's own
+report.md     a short human summary with the plots embedded
+```
+"""
+
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from common.cli import WorkbookError
+
+RUNS_ROOT = Path("runs")
+PACKAGES = ("keras", "torch", "numpy", "tensorflow", "sklearn", "keras_tuner")
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value):
+    """Numbers that JSON can hold: numpy scalars to Python, NaN and inf to None."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def atomic_write_json(path, data):
+    atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
+
+
+def package_versions():
+    """Versions of the packages already imported (importing TF just to ask is slow)."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "unknown")
+    return versions
+
+
+def _slug(text):
+    keep = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(text))
+    return keep.strip("-")[:40] or "data"
+
+
+def _prepare_directory(out, lab, arch, dataset):
+    if out is not None:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise WorkbookError(
+                f"--out {out} is a file, not a folder. Give a new or empty folder."
+            )
+        if path.exists() and any(path.iterdir()):
+            raise WorkbookError(
+                f"--out {out} already holds files, and a run never overwrites "
+                "another. Choose a new folder, or leave out --out to get a fresh "
+                f"timestamped folder under {RUNS_ROOT / lab}/."
+            )
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = RUNS_ROOT / lab / f"{stamp}-{_slug(arch)}-{_slug(dataset)}"
+        path, number = base, 1
+        while path.exists():
+            number += 1
+            path = base.with_name(f"{base.name}-{number}")
+    try:
+        (path / "plots").mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise WorkbookError(
+            f"cannot write the run directory {path}: {error.strerror or error}. "
+            "Pass --out with a folder you can write to (and check the disk has space)."
+        ) from error
+    return path
+
+
+class Run:
+    """A run directory being written. Create it with :meth:`Run.create`."""
+
+    def __init__(self, path, lab, config):
+        self.path = Path(path)
+        self.lab = lab
+        self.config = config
+        self.plots = self.path / "plots"
+        self.started = time.time()
+
+    @classmethod
+    def create(cls, lab, args, argv):
+        """Make the folder (refusing a non-empty ``--out``) and write config.json."""
+        import keras
+
+        arch = getattr(args, "arch", "default")
+        path = _prepare_directory(args.out, lab, arch, args.dataset)
+        config = {
+            "lab": lab,
+            "arch": str(arch),
+            "dataset": args.dataset,
+            "command": "python -m labs." + lab + " " + shlex.join(argv),
+            "argv": list(argv),
+            "args": vars(args),
+            "backend": keras.backend.backend(),
+            "versions": package_versions(),
+            "seed": args.seed,
+            "host": platform.node(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+            "started": datetime.now().isoformat(timespec="seconds"),
+        }
+        run = cls(path, lab, config)
+        run.write_config()
+        print(f"run directory: {path}")
+        return run
+
+    def write_config(self, **extra):
+        """(Re)write config.json, adding ``extra`` keys such as the data summary."""
+        self.config.update(extra)
+        self.config["versions"] = package_versions()
+        atomic_write_json(self.path / "config.json", self.config)
+
+    def write_json(self, name, data):
+        atomic_write_json(self.path / name, data)
+
+    def write_metrics(self, metrics):
+        atomic_write_json(self.path / "metrics.json", metrics)
+
+    def save_model(self, model, name="model.keras"):
+        """Save ``model`` as .keras through a temporary file and a rename."""
+        target = self.path / name
+        temporary = self.path / f".tmp-{name}"
+        model.save(temporary)
+        os.replace(temporary, target)
+        return target
+
+    def write_report(self, title, metrics, sections=()):
+        """report.md: command, data, figures, and every plot embedded."""
+        lines = [f"# {title}", "", "```", self.config["command"], "```", ""]
+        data = self.config.get("data")
+        if data:
+            lines += ["## Data", ""]
+            lines += [f"- {key}: {value}" for key, value in data.items()]
+            lines.append("")
+        lines += ["## Figures", "", "| metric | value |", "|---|---|"]
+        for key, value in metrics.items():
+            if isinstance(value, float):
+                value = f"{value:.4g}"
+            lines.append(f"| {key} | {value} |")
+        lines.append("")
+        for heading, text in sections:
+            lines += [f"## {heading}", "", text.rstrip(), ""]
+        plots = sorted(self.plots.glob("*.png"))
+        if plots:
+            lines += ["## Plots", ""]
+            lines += [f"![{plot.stem}](plots/{plot.name})" for plot in plots]
+            lines.append("")
+        atomic_write_text(self.path / "report.md", "\n".join(lines))
+
+    def finish(self):
+        """The last line a lab prints."""
+        print(f"run: {self.path}")

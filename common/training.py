@@ -1,0 +1,135 @@
+"""``model.fit`` with the workbook's callbacks, and the evaluation every classifier shares.
+
+This is not a trainer: it calls Keras's ``fit`` once with EarlyStopping (best
+weights restored), the HistoryRecorder and TerminateOnNaN, then turns what
+happened into the run's status: completed, early_stopped, interrupted (Ctrl-C)
+or diverged (NaN/inf loss). Interrupted and diverged runs still write their
+history, learning curves, metrics.json and model, then raise a clear error.
+"""
+
+import math
+import sys
+import time
+
+import keras
+import numpy as np
+
+from common import plots
+from common.callbacks import HistoryRecorder, early_stopping
+from common.cli import RunInterrupted, WorkbookError
+
+
+def progress_verbosity():
+    """Keras's live progress bar on a terminal, one line per epoch in a log file."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def fit(model, run, x, y=None, validation_data=None, epochs=10, batch_size=None,
+        patience=5, monitor="val_loss", title="learning curves", callbacks=(),
+        initial_rows=(), boundaries=(), **fit_kwargs):
+    """Fit ``model`` and return the run's training figures as a dict."""
+    stopper = early_stopping(monitor=monitor, patience=patience)
+    recorder = HistoryRecorder(run.path, title=title, initial_rows=initial_rows,
+                               early_stopping=stopper, boundaries=boundaries)
+    all_callbacks = [stopper, recorder, keras.callbacks.TerminateOnNaN(), *callbacks]
+    status = "completed"
+    start = time.perf_counter()
+    try:
+        model.fit(x, y, validation_data=validation_data, epochs=epochs,
+                  batch_size=batch_size, callbacks=all_callbacks,
+                  verbose=progress_verbosity(), **fit_kwargs)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        if stopper.best_weights is not None:
+            model.set_weights(stopper.best_weights)
+    seconds = time.perf_counter() - start
+    new_rows = recorder.rows[len(initial_rows):]
+    losses = [row.get("loss", 0.0) for row in new_rows]
+    if any(loss is None or not math.isfinite(loss) for loss in losses):
+        status = "diverged"
+    elif status == "completed" and stopper.stopped_epoch:
+        status = "early_stopped"
+    best, stopped = recorder.marked_epochs()
+    result = {
+        "status": status,
+        "best_epoch": best,
+        "stopped_epoch": stopped,
+        "epochs_run": len(recorder.rows),
+        "train_seconds": round(seconds, 2),
+        "params": int(model.count_params()),
+    }
+    if status in ("interrupted", "diverged"):
+        recorder.plot()
+        run.write_metrics(result)
+        if status == "interrupted":
+            run.save_model(model)
+            run.write_report(f"{run.lab} (interrupted)", result)
+            raise RunInterrupted(
+                f"training was interrupted after {len(recorder.rows)} epoch(s). "
+                f"History, learning curves, metrics.json (status interrupted) and "
+                f"the best model so far are in {run.path}."
+            )
+        run.write_report(f"{run.lab} (diverged)", result)
+        raise WorkbookError(
+            f"training diverged: the loss became NaN or infinite at epoch "
+            f"{len(recorder.rows)}. The history and plots are in {run.path} "
+            "(metrics.json status diverged). Try a lower --learning-rate, "
+            "e.g. 10 times smaller."
+        )
+    return result
+
+
+def inference_ms_per_image(model, x, batch_size=256, repeats=3):
+    """Median wall time of ``model.predict`` over ``x``, in ms per image."""
+    model.predict(x[:batch_size], batch_size=batch_size, verbose=0)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.predict(x, batch_size=batch_size, verbose=0)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times)) / max(len(x), 1)
+
+
+def evaluate_classifier(model, run, x_test, y_test, class_names, title,
+                        batch_size=256):
+    """Test accuracy, loss and macro F1, the confusion matrix and the report.
+
+    Writes plots/confusion_matrix.png and classification_report.txt; returns the
+    figures and the predicted classes (for a misclassified-examples grid).
+    """
+    from sklearn.metrics import accuracy_score, classification_report, f1_score
+
+    probabilities = model.predict(x_test, batch_size=batch_size, verbose=0)
+    predictions = np.argmax(probabilities, axis=-1)
+    test_loss = float(keras.ops.convert_to_numpy(keras.ops.mean(
+        keras.losses.sparse_categorical_crossentropy(y_test, probabilities))))
+    labels = list(range(len(class_names)))
+    report = classification_report(y_test, predictions, labels=labels,
+                                   target_names=[str(c) for c in class_names],
+                                   digits=3, zero_division=0)
+    (run.path / "classification_report.txt").write_text(report)
+    plots.confusion_matrix(y_test, predictions, class_names,
+                           run.plots / "confusion_matrix.png",
+                           f"{title}: test confusion matrix")
+    figures = {
+        "test_accuracy": float(accuracy_score(y_test, predictions)),
+        "test_loss": test_loss,
+        "macro_f1": float(f1_score(y_test, predictions, labels=labels,
+                                   average="macro", zero_division=0)),
+    }
+    return figures, predictions, report
+
+
+def misclassified_grid(run, x_test, y_test, predictions, class_names, title,
+                       limit=24):
+    """plots/misclassified.png: test images the model got wrong, true vs predicted."""
+    wrong = np.flatnonzero(predictions != y_test)[:limit]
+    if len(wrong) == 0:
+        return None
+    captions = [f"true {class_names[y_test[i]]}\npred {class_names[predictions[i]]}"
+                for i in wrong]
+    return plots.image_grid(
+        x_test[wrong], captions, run.plots / "misclassified.png",
+        f"{title}: misclassified test images ({len(np.flatnonzero(predictions != y_test))}"
+        f" of {len(y_test)})", title_colors=["firebrick"] * len(wrong),
+    )
