@@ -190,3 +190,33 @@ class Run:
     def finish(self):
         """The last line a lab prints."""
         print(f"run: {self.path}")
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy, the backend and Keras's global SeedGenerator.
+
+    ``keras.utils.set_random_seed`` does this too, but it imports TensorFlow just
+    to seed it whenever TF is installed (about 5 s at every lab start). So it is
+    called only when TF is already loaded (a tf.data lab); otherwise the same
+    steps are taken without TF.
+    """
+    import random
+
+    import keras
+    import numpy as np
+
+    if "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+        return
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.manual_seed(seed)

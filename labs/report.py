@@ -94,7 +94,7 @@ BOOKKEEPING = ("status", "best_epoch", "stopped_epoch", "epochs_run", "train_sec
 KEY_METRICS = ("test_accuracy", "pixel_accuracy", "macro_f1", "test_loss", "mse",
                "test_mse", "fid", "frechet_distance", "modes_covered",
                "high_quality_share", "inference_ms_per_image")
-MAX_METRIC_COLUMNS = 6
+MAX_METRIC_COLUMNS = 5
 EMBED_LIMIT_BYTES = 5 * 1024 * 1024
 IMAGE_TYPES = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg",
                ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
@@ -350,10 +350,10 @@ def _fmt_seconds(seconds):
         return ""
     seconds = round(seconds)
     if seconds < 60:
-        return f"{seconds} s"
+        return f"{seconds}s"
     if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
 def _fmt_params(params):
@@ -444,16 +444,17 @@ STYLE = """
 * { box-sizing: border-box; }
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
   color: #1f2328; margin: 0; background: #f6f8fa; }
-main { max-width: 1400px; margin: 0 auto; padding: 20px 28px 60px; }
+main { max-width: 1400px; margin: 0 auto; padding: 18px 20px 60px; }
 h1 { font-size: 24px; margin: 0 0 4px; }
 h2 { font-size: 18px; margin: 28px 0 10px; }
 .meta, .small { color: #57606a; font-size: 12.5px; }
 .counts span { margin-right: 6px; }
 table { border-collapse: collapse; background: #fff; }
-table.grid { width: 100%; border: 1px solid var(--line); font-size: 13px; }
-.grid th, .grid td { padding: 5px 8px; border-bottom: 1px solid var(--line);
+table.grid { width: 100%; border: 1px solid var(--line); font-size: 12.5px; }
+.grid th, .grid td { padding: 4px 7px; border-bottom: 1px solid var(--line);
   text-align: left; vertical-align: top; white-space: nowrap; }
-.grid th { background: #eaeef2; position: sticky; top: 0; z-index: 1; }
+.grid th { background: #eaeef2; vertical-align: bottom; white-space: normal; }
+.scroll { overflow-x: auto; }
 .sortable th { cursor: pointer; user-select: none; }
 .sortable th:hover { background: #dde3e9; }
 .sortable th[aria-sort=ascending]::after { content: " \\25B2"; font-size: 10px; }
@@ -469,7 +470,7 @@ table.grid { width: 100%; border: 1px solid var(--line); font-size: 13px; }
 .embedded { color: var(--emb); background: var(--emb-bg); }
 .na { color: var(--na); background: var(--na-bg); }
 .warn { color: var(--warn); background: var(--warn-bg); }
-td.grade { white-space: normal; min-width: 150px; }
+td.grade { white-space: normal; min-width: 175px; }
 td.grade .detail { display: block; font-size: 11.5px; color: #57606a; }
 a { color: #0b5cad; text-decoration: none; } a:hover { text-decoration: underline; }
 code, pre { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
@@ -481,7 +482,7 @@ section.run h3 { margin: 0 0 4px; font-size: 16px; }
 section.run h3 .badge { margin-left: 6px; vertical-align: 2px; }
 .problems { margin: 6px 0; padding: 6px 10px 6px 26px; border-radius: 6px; }
 .columns { display: grid; grid-template-columns: 250px 1fr; gap: 16px;
-  margin-top: 8px; }
+  margin-top: 8px; align-items: start; }
 table.kv { font-size: 12.5px; width: 100%; }
 .kv td { padding: 2px 6px; border-bottom: 1px solid #eef0f2; }
 .kv td:last-child { text-align: right; font-variant-numeric: tabular-nums; }
@@ -578,7 +579,7 @@ def _grade_detail(grade):
     if grade.result == "fail":
         return f"no {grade.rule['metric']}"
     if grade.result == "embedded":
-        return "not graded against full-dataset bar"
+        return "not graded against full\u2011dataset bar"
     return "--quick run" if grade.reason == QUICK_LABEL else ""
 
 
@@ -655,8 +656,9 @@ def _summary_table(runs, columns):
         ]
         body.append(f'<tr class="run-row" data-grade="{grade.result}">'
                     + "".join(cells) + "</tr>")
-    return (f'<table id="summary" class="grid sortable"><thead><tr>{head}</tr>'
-            f"</thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>")
+    return (f'<div class="scroll"><table id="summary" class="grid sortable"><thead>'
+            f"<tr>{head}</tr></thead><tbody>\n" + "\n".join(body)
+            + "\n</tbody></table></div>")
 
 
 def _td(content, sort=None, css=None, title=None):
@@ -695,8 +697,8 @@ def _rubric_table(runs, rules):
         rows.append(f"<tr><td>{_esc(rule['title'])}</td><td>{_esc(scope)}</td>"
                     f"<td>{_esc(_bar(rule))}</td><td>{result}</td>"
                     f"<td>{detail}</td></tr>")
-    return ('<table id="rubric" class="grid"><thead><tr><th>bar</th><th>applies to '
-            "(lab · arch · dataset)</th><th>metric</th><th>result</th>"
+    return ('<table id="rubric" class="grid"><thead><tr><th>course bar</th><th>'
+            "applies to (lab · arch · dataset)</th><th>metric</th><th>result</th>"
             "<th>best run</th></tr></thead><tbody>" + "".join(rows)
             + "</tbody></table>")
 
@@ -861,8 +863,9 @@ def main(argv=None):
     if not runs:
         raise ReportError(
             f"no runs found in {runs_dir}: a run is a folder holding a config.json, "
-            f"written by a lab (e.g. `{example}` writes runs/lab2_rnn/<time>-3-adding/)."
-            " Run a lab first, or pass the folder that holds the runs.")
+            f"written by a lab (e.g. `{example}` writes "
+            "runs/lab2_rnn/<time>-3-adding/). Run a lab first, or pass the folder "
+            "that holds the runs.")
     runs.sort(key=lambda r: (r.lab, (_started(r) or datetime.min).isoformat(),
                              r.name))
     for number, run in enumerate(runs, start=1):

@@ -49,7 +49,8 @@ def make_run(root, lab, arch, dataset, metrics, *, started="2026-11-24T02:00:00"
              epochs=10):
     """Write one run directory in the contract's layout; return its path."""
     stamp = started.replace("-", "").replace(":", "").replace("T", "-")
-    folder = root / lab / f"{stamp}-{arch}-{dataset.replace(':', '_').replace('/', '_')}"
+    slug = re.sub(r"[^\w.-]", "_", dataset)
+    folder = root / lab / f"{stamp}-{arch}-{slug}"
     folder.mkdir(parents=True)
     all_args = {"arch": arch, "dataset": dataset, "epochs": epochs, "seed": 0,
                 "quick": False, **(args or {})}
@@ -195,7 +196,7 @@ def test_summary_table_is_sortable(runs_dir):
     assert "addEventListener(\"click\"" in page and "sortBy(" in page
     # numeric cells carry a raw value to sort by, not the formatted text
     assert 'data-sort="0.9951" class="num">0.9951</td>' in page
-    assert 'data-sort="95.5" class="num">1 min 36 s</td>' in page
+    assert 'data-sort="95.5" class="num">1m 36s</td>' in page
 
 
 def test_report_md_is_rendered_and_everything_is_escaped(tmp_path):
