@@ -24,7 +24,10 @@ def early_stopping(monitor="val_loss", patience=5, mode="auto"):
     it never stopped training early).
     """
     return keras.callbacks.EarlyStopping(
-        monitor=monitor, patience=patience, mode=mode, restore_best_weights=True,
+        monitor=monitor,
+        patience=patience,
+        mode=mode,
+        restore_best_weights=True,
         verbose=1,
     )
 
@@ -45,8 +48,14 @@ class HistoryRecorder(keras.callbacks.Callback):
         early_stopping: the EarlyStopping callback whose best/stop epochs to mark.
     """
 
-    def __init__(self, directory, title="learning curves", initial_rows=(),
-                 early_stopping=None, boundaries=()):
+    def __init__(
+        self,
+        directory,
+        title="learning curves",
+        initial_rows=(),
+        early_stopping=None,
+        boundaries=(),
+    ):
         super().__init__()
         self.directory = Path(directory)
         self.title = title
@@ -105,6 +114,10 @@ class HistoryRecorder(keras.callbacks.Callback):
         best, stopped = self.marked_epochs()
         (self.directory / "plots").mkdir(exist_ok=True)
         return plots.learning_curves(
-            self.rows, self.directory / "plots" / "learning_curves.png", self.title,
-            best_epoch=best, stopped_epoch=stopped, boundaries=self.boundaries,
+            self.rows,
+            self.directory / "plots" / "learning_curves.png",
+            self.title,
+            best_epoch=best,
+            stopped_epoch=stopped,
+            boundaries=self.boundaries,
         )

@@ -77,24 +77,39 @@ def make_parser(
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--arch", default=default_arch, choices=list(architectures),
+        "--arch",
+        default=default_arch,
+        choices=list(architectures),
         help="model architecture",
     )
     parser.add_argument("--dataset", default=default_dataset, help=datasets_help)
-    parser.add_argument("--epochs", type=positive_int, default=epochs,
-                        help="maximum number of epochs (EarlyStopping may stop sooner)")
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=epochs,
+        help="maximum number of epochs (EarlyStopping may stop sooner)",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=batch_size)
     parser.add_argument("--learning-rate", type=positive_float, default=learning_rate)
-    parser.add_argument("--patience", type=positive_int, default=patience,
-                        help="EarlyStopping patience in epochs (on the validation set)")
+    parser.add_argument(
+        "--patience",
+        type=positive_int,
+        default=patience,
+        help="EarlyStopping patience in epochs (on the validation set)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--out", default=None,
-                        help="write the run exactly into this new or empty folder "
-                             "(default: runs/<lab>/<time>-<arch>-<dataset>/)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: tiny subset, at most 2 epochs")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback on errors")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="write the run exactly into this new or empty folder "
+        "(default: runs/<lab>/<time>-<arch>-<dataset>/)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: tiny subset, at most 2 epochs"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback on errors"
+    )
     return parser
 
 

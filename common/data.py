@@ -119,15 +119,20 @@ def load_tfds(name, split, **kwargs):
             f"tensorflow-datasets is not installed, so {name!r} cannot be loaded. "
             "Install the workbook's environment (make setup) or use --dataset digits."
         ) from error
-    options = dict(split=split, data_dir=os.environ.get("TFDS_DATA_DIR"),
-                   as_supervised=True, **kwargs)
+    options = dict(
+        split=split,
+        data_dir=os.environ.get("TFDS_DATA_DIR"),
+        as_supervised=True,
+        **kwargs,
+    )
     try:
         return tfds.load(name, download=False, **options)
     except Exception as error:  # not prepared here (or a broken copy)
         local_error = error
     if not _network_reachable():
-        raise unavailable(name, "not prepared locally and no network: "
-                          + _first_line(local_error))
+        raise unavailable(
+            name, "not prepared locally and no network: " + _first_line(local_error)
+        )
     try:
         return tfds.load(name, download=True, **options)
     except Exception as error:  # network, disk, unprepared builder, ...
@@ -153,12 +158,23 @@ def _scale(images):
     return images
 
 
-def _split_validation(x, y, fraction, seed):
+def _split(x, y, fraction, seed):
+    """A seeded split, stratified by class whenever the class counts allow it."""
     from sklearn.model_selection import train_test_split
 
-    stratify = y if np.min(np.bincount(y)) >= 2 else None
-    return train_test_split(x, y, test_size=fraction, random_state=seed,
-                            stratify=stratify)
+    held_out = max(1, int(round(fraction * len(y))))
+    counts = np.bincount(y)
+    classes = np.count_nonzero(counts)
+    can_stratify = (
+        counts[counts > 0].min() >= 2 and classes <= held_out <= len(y) - classes
+    )
+    return train_test_split(
+        x,
+        y,
+        test_size=held_out,
+        random_state=seed,
+        stratify=y if can_stratify else None,
+    )
 
 
 def _subsample(x, y, count, rng):
@@ -176,7 +192,8 @@ def _load_digits(seed):
     images = (digits.images / 16.0).astype("float32")[..., None]
     labels = digits.target.astype("int64")
     x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=0.2, random_state=seed, stratify=labels)
+        images, labels, test_size=0.2, random_state=seed, stratify=labels
+    )
     return x_train, y_train, x_test, y_test, [str(d) for d in range(10)]
 
 
@@ -224,9 +241,13 @@ def _read_npz(path):
     labels = np.concatenate([arrays["y_train"].ravel(), arrays["y_test"].ravel()])
     values, encoded = np.unique(labels, return_inverse=True)
     count = len(arrays["y_train"])
-    return (_scale(arrays["x_train"]), encoded[:count].astype("int64"),
-            _scale(arrays["x_test"]), encoded[count:].astype("int64"),
-            [str(value) for value in values])
+    return (
+        _scale(arrays["x_train"]),
+        encoded[:count].astype("int64"),
+        _scale(arrays["x_test"]),
+        encoded[count:].astype("int64"),
+        [str(value) for value in values],
+    )
 
 
 def scan_image_folder(path):
@@ -237,8 +258,9 @@ def scan_image_folder(path):
             f"no folder at {root}. Give --dataset folder:PATH with a folder holding "
             "one sub-folder per class (e.g. PATH/cat/*.jpg, PATH/dog/*.jpg)."
         )
-    class_names = sorted(p.name for p in root.iterdir()
-                         if p.is_dir() and not p.name.startswith("."))
+    class_names = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
     files, labels = [], []
     for label, name in enumerate(class_names):
         for file in sorted((root / name).rglob("*")):
@@ -273,23 +295,24 @@ def _read_folder(path, image_size=None):
             "(all corrupt or not images). Check the files open in an image viewer."
         )
     if skipped:
-        print(f"warning: skipped {len(skipped)} unreadable image file(s) under "
-              f"{path}, e.g. {skipped[0]}")
+        print(
+            f"warning: skipped {len(skipped)} unreadable image file(s) under "
+            f"{path}, e.g. {skipped[0]}"
+        )
     grayscale = all(image.mode in ("L", "1", "I;16", "I") for image in images)
     mode = "L" if grayscale else "RGB"
     if image_size is None:
         image_size = Counter(image.size for image in images).most_common(1)[0][0]
     else:
         image_size = (image_size, image_size)
-    arrays = np.stack([np.asarray(image.convert(mode).resize(image_size))
-                       for image in images])
+    arrays = np.stack(
+        [np.asarray(image.convert(mode).resize(image_size)) for image in images]
+    )
     return _scale(arrays), np.asarray(kept, dtype="int64"), class_names, len(skipped)
 
 
 def load_images(name, seed=0, quick=False, val_fraction=0.1, image_size=None):
     """Load an image classification set by its ``--dataset`` name."""
-    from sklearn.model_selection import train_test_split
-
     notes, embedded = {}, False
     if name == "digits":
         x_train, y_train, x_test, y_test, class_names = _load_digits(seed)
@@ -306,9 +329,7 @@ def load_images(name, seed=0, quick=False, val_fraction=0.1, image_size=None):
         source = f"npz file {name[4:]}"
     elif name.startswith("folder:"):
         images, labels, class_names, skipped = _read_folder(name[7:], image_size)
-        stratify = labels if np.min(np.bincount(labels)) >= 2 else None
-        x_train, x_test, y_train, y_test = train_test_split(
-            images, labels, test_size=0.2, random_state=seed, stratify=stratify)
+        x_train, x_test, y_train, y_test = _split(images, labels, 0.2, seed)
         source = f"image folder {name[7:]}"
         notes["skipped_files"] = skipped
     else:
@@ -317,16 +338,26 @@ def load_images(name, seed=0, quick=False, val_fraction=0.1, image_size=None):
             f"{', '.join(TFDS_IMAGE_SETS)} (tensorflow-datasets), npz:PATH or "
             "folder:PATH."
         )
-    x_train, x_val, y_train, y_val = _split_validation(x_train, y_train,
-                                                       val_fraction, seed)
+    x_train, x_val, y_train, y_val = _split(x_train, y_train, val_fraction, seed)
     if quick:
         rng = np.random.default_rng(seed)
         x_train, y_train = _subsample(x_train, y_train, QUICK_SIZES["train"], rng)
         x_val, y_val = _subsample(x_val, y_val, QUICK_SIZES["val"], rng)
         x_test, y_test = _subsample(x_test, y_test, QUICK_SIZES["test"], rng)
         notes["quick_subset"] = True
-    return ImageData(name, x_train, y_train, x_val, y_val, x_test, y_test,
-                     class_names, source, embedded, notes)
+    return ImageData(
+        name,
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        x_test,
+        y_test,
+        class_names,
+        source,
+        embedded,
+        notes,
+    )
 
 
 def load_text(name="imdb_reviews"):

@@ -29,8 +29,9 @@ def _metric_pairs(rows):
     return [(key, key, f"val_{key}") for key in keys]
 
 
-def learning_curves(rows, path, title, best_epoch=None, stopped_epoch=None,
-                    boundaries=()):
+def learning_curves(
+    rows, path, title, best_epoch=None, stopped_epoch=None, boundaries=()
+):
     """Loss and metrics per epoch, train and validation, best/stop epochs marked.
 
     ``rows`` are history rows (dicts with "epoch" counted from 1); ``boundaries``
@@ -40,8 +41,9 @@ def learning_curves(rows, path, title, best_epoch=None, stopped_epoch=None,
         return None
     pairs = _metric_pairs(rows)
     epochs = [row["epoch"] for row in rows]
-    figure, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        1, len(pairs), figsize=(5.2 * len(pairs), 4), squeeze=False
+    )
     for axis, (name, train_key, val_key) in zip(axes[0], pairs):
         train = [row.get(train_key) for row in rows]
         axis.plot(epochs, train, "o-", markersize=3, label=f"train {name}")
@@ -49,11 +51,19 @@ def learning_curves(rows, path, title, best_epoch=None, stopped_epoch=None,
             val = [row.get(val_key) for row in rows]
             axis.plot(epochs, val, "s-", markersize=3, label=f"validation {name}")
         if best_epoch:
-            axis.axvline(best_epoch, color="green", linestyle="--",
-                         label=f"best epoch ({best_epoch})")
+            axis.axvline(
+                best_epoch,
+                color="green",
+                linestyle="--",
+                label=f"best epoch ({best_epoch})",
+            )
         if stopped_epoch:
-            axis.axvline(stopped_epoch, color="red", linestyle=":",
-                         label=f"early stop ({stopped_epoch})")
+            axis.axvline(
+                stopped_epoch,
+                color="red",
+                linestyle=":",
+                label=f"early stop ({stopped_epoch})",
+            )
         for epoch, label in boundaries:
             axis.axvline(epoch, color="purple", linestyle="-.", label=label)
         axis.set_xlabel("epoch")
@@ -74,8 +84,7 @@ def confusion_matrix(y_true, y_pred, class_names, path, title):
     labels = list(range(len(class_names)))
     counts = sk_confusion_matrix(y_true, y_pred, labels=labels)
     totals = counts.sum(axis=1, keepdims=True)
-    normalized = np.divide(counts, totals, out=np.zeros(counts.shape),
-                           where=totals > 0)
+    normalized = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     size = max(4.5, 0.55 * len(class_names) + 2)
     figure, axis = plt.subplots(figsize=(size + 1, size))
     image = axis.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
@@ -84,9 +93,15 @@ def confusion_matrix(y_true, y_pred, class_names, path, title):
         for row in range(len(labels)):
             for column in range(len(labels)):
                 value = normalized[row, column]
-                axis.text(column, row, f"{value:.2f}\n({counts[row, column]})",
-                          ha="center", va="center", fontsize=7,
-                          color="white" if value > 0.5 else "black")
+                axis.text(
+                    column,
+                    row,
+                    f"{value:.2f}\n({counts[row, column]})",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value > 0.5 else "black",
+                )
     axis.set_xticks(labels, class_names, rotation=45, ha="right")
     axis.set_yticks(labels, class_names)
     axis.set_xlabel("predicted class")
@@ -104,8 +119,9 @@ def image_grid(images, titles, path, title, columns=8, title_colors=None):
         return None
     columns = min(columns, count)
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.6),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.6), squeeze=False
+    )
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index >= count:
@@ -123,8 +139,9 @@ def image_grid(images, titles, path, title, columns=8, title_colors=None):
 
 def bar_chart(names, panels, path, title):
     """One bar panel per quantity: ``panels`` is {"label (unit)": [value per name]}."""
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(4 * len(panels), 3.8), squeeze=False
+    )
     colors = [CELL_COLORS[index % len(CELL_COLORS)] for index in range(len(names))]
     for axis, (label, values) in zip(axes[0], panels.items()):
         bars = axis.bar(names, values, color=colors)

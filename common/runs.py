@@ -71,8 +71,8 @@ def package_versions():
 
 
 def _slug(text):
-    keep = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(text))
-    return keep.strip("-")[:40] or "data"
+    keep = "".join(c if c.isalnum() or c in "_." else "-" for c in str(text))
+    return "-".join(part for part in keep.split("-") if part)[:40] or "data"
 
 
 def _prepare_directory(out, lab, arch, dataset):

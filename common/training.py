@@ -1,4 +1,4 @@
-"""``model.fit`` with the workbook's callbacks, and the evaluation every classifier shares.
+"""``model.fit`` with the workbook's callbacks, and the evaluation classifiers share.
 
 This is not a trainer: it calls Keras's ``fit`` once with EarlyStopping (best
 weights restored), the HistoryRecorder and TerminateOnNaN, then turns what
@@ -24,26 +24,51 @@ def progress_verbosity():
     return 1 if sys.stdout.isatty() else 2
 
 
-def fit(model, run, x, y=None, validation_data=None, epochs=10, batch_size=None,
-        patience=5, monitor="val_loss", title="learning curves", callbacks=(),
-        initial_rows=(), boundaries=(), **fit_kwargs):
+def fit(
+    model,
+    run,
+    x,
+    y=None,
+    validation_data=None,
+    epochs=10,
+    batch_size=None,
+    patience=5,
+    monitor="val_loss",
+    title="learning curves",
+    callbacks=(),
+    initial_rows=(),
+    boundaries=(),
+    **fit_kwargs,
+):
     """Fit ``model`` and return the run's training figures as a dict."""
     stopper = early_stopping(monitor=monitor, patience=patience)
-    recorder = HistoryRecorder(run.path, title=title, initial_rows=initial_rows,
-                               early_stopping=stopper, boundaries=boundaries)
+    recorder = HistoryRecorder(
+        run.path,
+        title=title,
+        initial_rows=initial_rows,
+        early_stopping=stopper,
+        boundaries=boundaries,
+    )
     all_callbacks = [stopper, recorder, keras.callbacks.TerminateOnNaN(), *callbacks]
     status = "completed"
     start = time.perf_counter()
     try:
-        model.fit(x, y, validation_data=validation_data, epochs=epochs,
-                  batch_size=batch_size, callbacks=all_callbacks,
-                  verbose=progress_verbosity(), **fit_kwargs)
+        model.fit(
+            x,
+            y,
+            validation_data=validation_data,
+            epochs=epochs,
+            batch_size=batch_size,
+            callbacks=all_callbacks,
+            verbose=progress_verbosity(),
+            **fit_kwargs,
+        )
     except KeyboardInterrupt:
         status = "interrupted"
         if stopper.best_weights is not None:
             model.set_weights(stopper.best_weights)
     seconds = time.perf_counter() - start
-    new_rows = recorder.rows[len(initial_rows):]
+    new_rows = recorder.rows[len(initial_rows) :]
     losses = [row.get("loss", 0.0) for row in new_rows]
     if any(loss is None or not math.isfinite(loss) for loss in losses):
         status = "diverged"
@@ -90,8 +115,7 @@ def inference_ms_per_image(model, x, batch_size=256, repeats=3):
     return 1000.0 * float(np.median(times)) / max(len(x), 1)
 
 
-def evaluate_classifier(model, run, x_test, y_test, class_names, title,
-                        batch_size=256):
+def evaluate_classifier(model, run, x_test, y_test, class_names, title, batch_size=256):
     """Test accuracy, loss and macro F1, the confusion matrix and the report.
 
     Writes plots/confusion_matrix.png and classification_report.txt; returns the
@@ -101,35 +125,56 @@ def evaluate_classifier(model, run, x_test, y_test, class_names, title,
 
     probabilities = model.predict(x_test, batch_size=batch_size, verbose=0)
     predictions = np.argmax(probabilities, axis=-1)
-    test_loss = float(keras.ops.convert_to_numpy(keras.ops.mean(
-        keras.losses.sparse_categorical_crossentropy(y_test, probabilities))))
+    test_loss = float(
+        keras.ops.convert_to_numpy(
+            keras.ops.mean(
+                keras.losses.sparse_categorical_crossentropy(y_test, probabilities)
+            )
+        )
+    )
     labels = list(range(len(class_names)))
-    report = classification_report(y_test, predictions, labels=labels,
-                                   target_names=[str(c) for c in class_names],
-                                   digits=3, zero_division=0)
+    report = classification_report(
+        y_test,
+        predictions,
+        labels=labels,
+        target_names=[str(c) for c in class_names],
+        digits=3,
+        zero_division=0,
+    )
     (run.path / "classification_report.txt").write_text(report)
-    plots.confusion_matrix(y_test, predictions, class_names,
-                           run.plots / "confusion_matrix.png",
-                           f"{title}: test confusion matrix")
+    plots.confusion_matrix(
+        y_test,
+        predictions,
+        class_names,
+        run.plots / "confusion_matrix.png",
+        f"{title}: test confusion matrix",
+    )
     figures = {
         "test_accuracy": float(accuracy_score(y_test, predictions)),
         "test_loss": test_loss,
-        "macro_f1": float(f1_score(y_test, predictions, labels=labels,
-                                   average="macro", zero_division=0)),
+        "macro_f1": float(
+            f1_score(
+                y_test, predictions, labels=labels, average="macro", zero_division=0
+            )
+        ),
     }
     return figures, predictions, report
 
 
-def misclassified_grid(run, x_test, y_test, predictions, class_names, title,
-                       limit=24):
+def misclassified_grid(run, x_test, y_test, predictions, class_names, title, limit=24):
     """plots/misclassified.png: test images the model got wrong, true vs predicted."""
     wrong = np.flatnonzero(predictions != y_test)[:limit]
     if len(wrong) == 0:
         return None
-    captions = [f"true {class_names[y_test[i]]}\npred {class_names[predictions[i]]}"
-                for i in wrong]
+    captions = [
+        f"true {class_names[y_test[i]]}\npred {class_names[predictions[i]]}"
+        for i in wrong
+    ]
     return plots.image_grid(
-        x_test[wrong], captions, run.plots / "misclassified.png",
-        f"{title}: misclassified test images ({len(np.flatnonzero(predictions != y_test))}"
-        f" of {len(y_test)})", title_colors=["firebrick"] * len(wrong),
+        x_test[wrong],
+        captions,
+        run.plots / "misclassified.png",
+        f"{title}: misclassified test images "
+        f"({np.count_nonzero(predictions != y_test)} of {len(y_test)})",
+        title_colors=["firebrick"] * len(wrong),
     )

@@ -47,6 +47,10 @@ name="resnet50v2_transfer", min_size=32, train_base=False) -> (model, base, noti
     pretraining data). Returns the names of the layers made trainable. Recompile
     the model afterwards.
 
+``weighted_layers(base)``, ``residual_blocks(base)``
+    What ``unfreeze_top`` counts: layers holding weights (BatchNorm excluded) and
+    block names (``conv2_block1`` ... ``conv5_block3``), bottom to top.
+
 ``parameter_table(model) -> {"trainable": int, "non_trainable": int, "total": int,
 "trainable_layers": int}``
     Parameter counts for a per-phase table. ``non_trainable`` includes frozen
@@ -181,8 +185,12 @@ def resolve_weights(weights):
 
 
 def _load_backbone_weights(base, path):
+    import warnings
+
     try:
-        base.load_weights(path)
+        with warnings.catch_warnings():  # Keras warns once per layer before failing
+            warnings.simplefilter("ignore")
+            base.load_weights(path)
     except Exception as error:  # Keras raises ValueError, KeyError, OSError, ...
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise WorkbookError(
@@ -256,7 +264,7 @@ def build_transfer_model(input_shape, num_classes, weights="auto", dropout=0.2,
     return keras.Model(inputs, outputs, name=name), base, notice
 
 
-def _weighted_layers(base):
+def weighted_layers(base):
     """Layers with weights, bottom to top, BatchNorm excluded."""
     return [layer for layer in base.layers
             if layer.weights
@@ -280,7 +288,7 @@ def unfreeze_top(base, count, unit="layers"):
         raise ValueError(f"unit must be 'layers' or 'blocks', got {unit!r}")
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError(f"count must be a whole number >= 0, got {count!r}")
-    weighted = _weighted_layers(base)
+    weighted = weighted_layers(base)
     if unit == "layers":
         if count > len(weighted):
             raise ValueError(f"{base.name} has {len(weighted)} layers with weights "

@@ -38,30 +38,32 @@ def _standardize_data_format(data_format):
 _FILTER_AXES = (0, 1, 2)
 
 
+def _filter_mean(values):
+    """Mean over each output filter. (On torch, ops.mean and ops.var compute in
+    float32 even for float64 inputs; a sum keeps float64 for the gradient check.)"""
+    count = values.shape[0] * values.shape[1] * values.shape[2]
+    return ops.sum(values, axis=_FILTER_AXES, keepdims=True) / count
+
+
 def reference_weight_standardize(kernel, epsilon=1e-5):
     """Standardize each output filter of a (kh, kw, in, out) kernel; keras.ops only."""
     kernel = ops.convert_to_tensor(kernel)
-    mean = ops.mean(kernel, axis=_FILTER_AXES, keepdims=True)
-    variance = ops.var(kernel, axis=_FILTER_AXES, keepdims=True)
-    return (kernel - mean) / ops.sqrt(variance + epsilon)
+    centered = kernel - _filter_mean(kernel)
+    return centered / ops.sqrt(_filter_mean(centered * centered) + epsilon)
 
 
 def _weight_standardize_with_gradient(epsilon):
     @ops.custom_gradient
     def forward(kernel):
-        centered = kernel - ops.mean(kernel, axis=_FILTER_AXES, keepdims=True)
-        sigma = ops.sqrt(
-            ops.mean(centered * centered, axis=_FILTER_AXES, keepdims=True) + epsilon
-        )
+        centered = kernel - _filter_mean(kernel)
+        sigma = ops.sqrt(_filter_mean(centered * centered) + epsilon)
         standardized = centered / sigma
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            mean_upstream = ops.mean(upstream, axis=_FILTER_AXES, keepdims=True)
-            mean_projection = ops.mean(
-                upstream * standardized, axis=_FILTER_AXES, keepdims=True
-            )
+            mean_upstream = _filter_mean(upstream)
+            mean_projection = _filter_mean(upstream * standardized)
             return (upstream - mean_upstream - standardized * mean_projection) / sigma
 
         return standardized, grad
