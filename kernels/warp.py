@@ -109,6 +109,15 @@ def affine_transforms(
     return ops.stack([*rows, zeros, zeros], axis=-1)
 
 
+def _batch_transforms(images, transforms):
+    """Transforms as float32 (batch, 8); a single transform applies to every image."""
+    transforms = ops.convert_to_tensor(transforms, dtype="float32")
+    if len(images.shape) == 4:
+        batch_size = ops.shape(images)[0]
+        transforms = ops.broadcast_to(ops.reshape(transforms, (-1, 8)), (batch_size, 8))
+    return transforms
+
+
 def reference_warp(
     images,
     transforms,
@@ -122,8 +131,9 @@ def reference_warp(
     Same arguments as :func:`warp`.
     """
     _check_options(interpolation, fill_mode)
+    images = ops.convert_to_tensor(images)
     # Copy: the torch implementation edits the transform tensor in place.
-    transforms = ops.copy(ops.convert_to_tensor(transforms, dtype="float32"))
+    transforms = ops.copy(_batch_transforms(images, transforms))
     return ops.image.affine_transform(
         images,
         transforms,
@@ -208,7 +218,8 @@ def warp(
     Args:
         images: (batch, height, width, channels) or one (height, width, channels)
             image; channels first if ``data_format="channels_first"``.
-        transforms: (batch, 8) or (8,), as in ``keras.ops.image.affine_transform``.
+        transforms: (batch, 8), as in ``keras.ops.image.affine_transform``; or one
+            (8,) transform for every image.
         interpolation: "bilinear" or "nearest".
         fill_mode: "constant", "reflect", "wrap" or "nearest", filling points
             outside the image as ``keras.ops.image.affine_transform`` does.
@@ -224,7 +235,7 @@ def warp(
     images = ops.convert_to_tensor(images)
     if not keras.backend.is_float_dtype(images.dtype):
         images = ops.cast(images, "float32")
-    transforms = ops.convert_to_tensor(transforms, dtype="float32")
+    transforms = _batch_transforms(images, transforms)
     unbatched = images.ndim == 3
     if unbatched:
         images = images.unsqueeze(0)

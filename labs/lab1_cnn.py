@@ -226,13 +226,15 @@ ARCHITECTURES = {
 def build_augmentation(kind, input_shape, seed):
     """The in-model augmentation layer for ``kind``, or None."""
     if kind == "basic":
-        from kernels.augment import RandomAffine
+        from kernels.warp import RandomAffineWarp
 
-        return RandomAffine(
-            rotation=0.05,
-            zoom=0.1,
-            translation=0.1,
-            horizontal_flip=input_shape[-1] == 3,
+        return RandomAffineWarp(
+            rotation_factor=0.04,
+            zoom_height_factor=0.1,
+            translation_height_factor=0.1,
+            translation_width_factor=0.1,
+            flip_mode="horizontal" if input_shape[-1] == 3 else None,
+            fill_mode="constant",
             seed=seed,
             name="augment_basic",
         )

@@ -213,9 +213,9 @@ def build_mlp_discriminator(input_shape, width=128, depth=3,
     inputs = keras.Input(input_shape, name="sample")
     x = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 \
         else inputs
-    for index in range(depth):
-        x = keras.layers.Dense(width, name=f"dense_{index + 1}")(x)
-        x = keras.layers.LeakyReLU(0.2, name=f"leaky_relu_{index + 1}")(x)
+    for index in range(depth):  # LeakyReLU (slope 0.2) fused into Dense: faster
+        x = keras.layers.Dense(width, activation="leaky_relu",
+                               name=f"dense_{index + 1}")(x)
     outputs = keras.layers.Dense(1, name="score")(x)
     return keras.Model(inputs, outputs, name=name)
 
@@ -493,6 +493,9 @@ class GAN(keras.Model):
         self.ring_std = float(ring_std)
         self.min_mode_share = float(min_mode_share)
         self.feature_extractor = feature_extractor
+        self.batch_normalized = any(
+            isinstance(layer, keras.layers.BatchNormalization)
+            for layer in discriminator.layers)
         self.seed = int(seed)
         self.noise_seed = keras.random.SeedGenerator(seed)
         self.evaluation_seed = keras.random.SeedGenerator(seed + 1)
@@ -526,32 +529,48 @@ class GAN(keras.Model):
                                    seed=seed or self.noise_seed)
 
     # -- training ------------------------------------------------------------
-    def gradient_penalty(self, real, fake):
-        """E[(|grad D(x_hat)| - 1)^2] at x_hat between real and fake samples."""
+    def discriminator_scores(self, *batches):
+        """Scores for each batch from one call on their concatenation; one call
+        per batch when the discriminator has BatchNormalization, whose batch
+        statistics must not mix real and generated samples."""
+        if self.batch_normalized:
+            return [self.discriminator(batch, training=True) for batch in batches]
+        scores = self.discriminator(ops.concatenate(batches, axis=0), training=True)
+        return ops.split(scores, len(batches), axis=0)
+
+    def critic_scores_and_penalty(self, real, fake):
+        """Critic scores, and the gradient penalty E[(|grad D(x_hat)| - 1)^2] at
+        random points x_hat between real and generated samples."""
         count = ops.shape(real)[0]
         alpha = keras.random.uniform((count,) + (1,) * (len(real.shape) - 1),
                                      seed=self.noise_seed)
         interpolates = real + alpha * (fake - real)
-        _, (gradient,) = value_and_gradients(
-            lambda: ops.sum(self.discriminator(interpolates, training=True)),
-            [interpolates], create_graph=True)
+
+        def scores():
+            real_scores, fake_scores, interpolate_scores = self.discriminator_scores(
+                real, fake, interpolates)
+            return ops.sum(interpolate_scores), (real_scores, fake_scores)
+
+        (_, (real_scores, fake_scores)), (gradient,) = value_and_gradients(
+            scores, [interpolates], create_graph=True)
         norm = ops.sqrt(ops.sum(ops.square(ops.reshape(gradient, (count, -1))),
                                 axis=1) + 1e-12)
-        return ops.mean(ops.square(norm - 1.0)), ops.mean(norm)
+        return real_scores, fake_scores, ops.mean(ops.square(norm - 1.0)), ops.mean(
+            norm)
 
     def discriminator_step(self, real):
         fake = ops.stop_gradient(
             self.generator(self.noise(ops.shape(real)[0]), training=True))
 
         def discriminator_loss():
-            real_scores = self.discriminator(real, training=True)
-            fake_scores = self.discriminator(fake, training=True)
             if self.loss_kind == "non_saturating":
+                real_scores, fake_scores = self.discriminator_scores(real, fake)
                 return (self.cross_entropy(ops.ones_like(real_scores), real_scores)
                         + self.cross_entropy(ops.zeros_like(fake_scores),
                                              fake_scores)), {}
+            real_scores, fake_scores, penalty, norm = self.critic_scores_and_penalty(
+                real, fake)
             estimate = ops.mean(real_scores) - ops.mean(fake_scores)
-            penalty, norm = self.gradient_penalty(real, fake)
             return -estimate + self.penalty_weight * penalty, {
                 "wasserstein_estimate": estimate, "gradient_penalty": penalty,
                 "gradient_norm": norm}

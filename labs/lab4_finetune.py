@@ -71,12 +71,14 @@ HYPERPARAMETERS = {
     "patience": 3,               # EarlyStopping on val_loss, epochs
     "digits_train_images": 600,  # embedded default: images per training epoch
     "stream_image_size": 128,    # tf_flowers / folder: pixels a side
-    "quick_sizes": {"train": 96, "val": 32, "test": 64},
+    "quick_sizes": {"train": 64, "val": 32, "test": 32},
     "gradcam_images": 8,
     "gradcam_min_cells": 4,      # heat map from the deepest feature map >= 4x4
 }
 
 ARCHITECTURES = {"resnet50v2": transfer.build_transfer_model}
+# What --unfreeze can count in ResNet50V2 (tests check these against the model).
+RESNET50V2_COUNTS = {"blocks": 16, "layers": 53}
 DATASETS_HELP = (
     "digits (embedded, offline default), tf_flowers (the course's dataset, via "
     "tensorflow-datasets: network or TFDS_DATA_DIR), or folder:PATH (one sub-folder "
@@ -339,20 +341,21 @@ def _phase_row(phase, model, learning_rate, epochs, seconds, num_train):
             if seconds else None}
 
 
-def train_mode(mode, run, data, args):
-    """Build and train one mode; returns (model, base, figures, phases, rows)."""
+def build_model(mode, data, args):
+    """``(model, base, weights notice)`` for one mode: scratch ignores --weights."""
+    keras.utils.set_random_seed(args.seed)
+    model, base, notice = transfer.build_transfer_model(
+        data.input_shape, len(data.class_names),
+        weights="none" if mode == "scratch" else args.weights,
+        dropout=HYPERPARAMETERS["dropout"], min_size=args.image_size,
+        train_base=mode == "scratch")
+    return model, base, SCRATCH_NOTICE if mode == "scratch" else notice
+
+
+def train_mode(mode, model, base, run, data, args):
+    """Train one mode (two phases for finetune) into ``run``; returns (figures,
+    phases, unfrozen layer names, history rows)."""
     title = f"ResNet50V2 {mode} on {args.dataset}"
-    if mode == "scratch":
-        model, base, _ = transfer.build_transfer_model(
-            data.input_shape, len(data.class_names), weights="none",
-            dropout=HYPERPARAMETERS["dropout"], min_size=args.image_size,
-            train_base=True)
-    else:
-        model, base, _ = transfer.build_transfer_model(
-            data.input_shape, len(data.class_names), weights=args.weights,
-            dropout=HYPERPARAMETERS["dropout"], min_size=args.image_size)
-    if mode == "finetune":
-        _check_unfreeze(base, args)
     head_epochs = args.head_epochs if mode == "finetune" else args.epochs
     compile_model(model, args.learning_rate)
     phase_name = ("scratch (all layers)" if mode == "scratch"
@@ -385,20 +388,7 @@ def train_mode(mode, run, data, args):
     figures = dict(result)
     figures.update(mode=mode, unfrozen_layers=len(unfrozen),
                    trainable_params_final=phases[-1]["trainable"])
-    return model, base, figures, phases, unfrozen, _read_rows(run)
-
-
-def _check_unfreeze(base, args):
-    if args.unfreeze_unit == "blocks":
-        available, what = len(transfer.residual_blocks(base)), "residual blocks"
-    else:
-        available = len(transfer.weighted_layers(base))
-        what = "layers with weights (BatchNorm not counted)"
-    if args.unfreeze > available:
-        raise WorkbookError(
-            f"--unfreeze {args.unfreeze} {args.unfreeze_unit}: ResNet50V2 has only "
-            f"{available} {what}. Give --unfreeze between 1 and {available}."
-        )
+    return figures, phases, unfrozen, _read_rows(run)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -512,8 +502,8 @@ def plot_gradcam(model, base, samples, class_names, path, title):
     layer_name = gradcam_layer(base)
     maps = gradcam(model, base, images, predicted, layer_name)
     count = len(images)
-    figure, axes = plt.subplots(2, count, figsize=(1.9 * count + 1.2, 4.6),
-                                squeeze=False)
+    figure, axes = plt.subplots(2, count, figsize=(1.7 * count + 1.4, 4.8),
+                                squeeze=False, layout="constrained")
     height, width = images.shape[1:3]
     overlay = None
     for column in range(count):
@@ -536,8 +526,8 @@ def plot_gradcam(model, base, samples, class_names, path, title):
     axes[0, 0].set_ylabel("test image")
     axes[1, 0].set_ylabel("grad-CAM")
     shape = tuple(base.get_layer(layer_name).output.shape[1:3])
-    figure.colorbar(overlay, ax=axes[1, :].tolist(), fraction=0.02,
-                    label="relevance to the predicted class (0-1)")
+    figure.colorbar(overlay, ax=axes[:, -1].tolist(), shrink=0.8,
+                    label="grad-CAM relevance to the predicted class (0-1)")
     figure.suptitle(f"{title}: grad-CAM of the predicted class\n(layer {layer_name}, "
                     f"{shape[0]}x{shape[1]} cells, upsampled to the image)")
     figure.savefig(path, dpi=plots.DPI)
@@ -571,12 +561,10 @@ def save_weights(run, base):
     os.replace(temporary, run.path / "base.weights.h5")
 
 
-def run_one(mode, run, data, args, notice):
+def run_one(mode, model, base, run, data, args, notice):
     """Train, evaluate and write one mode's complete run directory."""
     keras.utils.set_random_seed(args.seed)
-    if mode == "scratch":
-        notice = SCRATCH_NOTICE
-    model, base, figures, phases, unfrozen, rows = train_mode(mode, run, data, args)
+    figures, phases, unfrozen, rows = train_mode(mode, model, base, run, data, args)
     title = f"ResNet50V2 {mode} on {args.dataset}"
     test_figures, samples, report = evaluate(model, run, data, title)
     figures.update(test_figures)
@@ -627,7 +615,7 @@ def compare_plot(results, path, boundary):
     return plots.save(figure, path)
 
 
-def run_compare(run, data, args, notice):
+def run_compare(run, models, data, args):
     """All three modes in sub-folders, then the comparison in the parent folder."""
     import csv
     import io
@@ -639,7 +627,9 @@ def run_compare(run, data, args, notice):
         child.plots.mkdir(parents=True, exist_ok=True)
         child.write_config()
         print(f"\n=== mode {mode} -> {child.path}")
-        results[mode] = run_one(mode, child, data, args, notice)
+        model, base, notice = models.pop(mode)
+        results[mode] = run_one(mode, model, base, child, data, args, notice)
+        del model, base
     boundary = results["finetune"][0].get("fine_tuning_starts_epoch")
     compare_plot(results, run.plots / "learning_curves.png",
                  boundary - 0.5 if boundary else None)
@@ -691,7 +681,8 @@ def run_compare(run, data, args, notice):
                      f"[{mode}/]({mode}/report.md) |")
     run.write_report(f"Lab 4: ResNet50V2 scratch vs head vs finetune on "
                      f"{args.dataset}", metrics, [
-                         ("Weights", notice),
+                         ("Weights (head and finetune)",
+                          run.config.get("weights_notice", "")),
                          ("Modes", "\n".join(table) + "\n\nEach mode's model, "
                           "history, parameter table, confusion matrix and grad-CAM "
                           "are in its sub-folder; test_accuracy above is the best "
@@ -766,9 +757,12 @@ def parse_args(argv):
     if fine_tuning and args.head_epochs >= args.epochs:
         parser.error(f"finetune needs at least one fine-tuning epoch: --head-epochs "
                      f"({args.head_epochs}) must be below --epochs ({args.epochs})")
-    if fine_tuning and args.unfreeze == 0:
-        parser.error("--unfreeze 0 fine-tunes nothing; give 1 or more, or use "
-                     "--mode head")
+    available = RESNET50V2_COUNTS[args.unfreeze_unit]
+    if fine_tuning and not 1 <= args.unfreeze <= available:
+        parser.error(f"--unfreeze {args.unfreeze}: ResNet50V2 has {available} "
+                     f"{args.unfreeze_unit} to unfreeze (layers: with weights, "
+                     f"BatchNorm not counted); give 1 to {available}, or use "
+                     "--mode head to train the head only")
     if args.compare:
         args.mode = "compare"
     return args
@@ -777,21 +771,23 @@ def parse_args(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.mode == "scratch":
-        notice = SCRATCH_NOTICE
-    else:
-        _, _, notice = transfer.resolve_weights(args.weights)
-    print(notice)
+    if args.mode != "scratch":
+        transfer.resolve_weights(args.weights)  # a bad --weights fails before work
     keras.utils.set_random_seed(args.seed)
     data = load_data(args)
+    modes = MODES if args.mode == "compare" else (args.mode,)
+    models = {mode: build_model(mode, data, args) for mode in modes}
+    notice = models["finetune" if args.mode == "compare" else args.mode][2]
+    print(notice)
     run = Run.create(LAB, args, argv)
     run.write_config(data=data.summary, weights_notice=notice,
                      hyperparameters=HYPERPARAMETERS)
     started = time.perf_counter()
     if args.mode == "compare":
-        metrics = run_compare(run, data, args, notice)
+        metrics = run_compare(run, models, data, args)
     else:
-        metrics, _ = run_one(args.mode, run, data, args, notice)
+        model, base, _ = models.pop(args.mode)
+        metrics, _ = run_one(args.mode, model, base, run, data, args, notice)
     print(f"\n{args.mode}: test accuracy {metrics['test_accuracy']:.3f}, "
           f"{time.perf_counter() - started:.0f} s")
     print(notice)

@@ -1,0 +1,192 @@
+"""Lab 1: smoke runs of every architecture and augmentation, search, own data, bad input."""
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from common import cli
+from labs import lab1_cnn
+from tests.test_common import make_image_folder
+
+RUN_FILES = (
+    "config.json",
+    "history.csv",
+    "history.json",
+    "metrics.json",
+    "model.keras",
+    "report.md",
+    "classification_report.txt",
+)
+
+
+def run_lab(tmp_path, *flags, name="run"):
+    out = tmp_path / name
+    metrics = lab1_cnn.main([*flags, "--quick", "--out", str(out)])
+    return out, metrics
+
+
+def check_run(out, metrics, epochs=2):
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    for plot in ("learning_curves", "confusion_matrix"):
+        assert (out / "plots" / f"{plot}.png").stat().st_size > 5000
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["status"] in ("completed", "early_stopped")
+    assert 0.0 <= saved["test_accuracy"] <= 1.0 and 0.0 <= saved["macro_f1"] <= 1.0
+    assert saved["params"] > 1000 and saved["train_seconds"] > 0
+    assert saved["inference_ms_per_image"] > 0
+    assert saved["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    history = json.loads((out / "history.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
+    assert {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(history[0])
+
+
+@pytest.mark.parametrize("arch", ["baseline", "vgg", "resnet"])
+def test_quick_run_per_arch(tmp_path, arch):
+    out, metrics = run_lab(tmp_path, "--arch", arch)
+    check_run(out, metrics)
+    config = json.loads((out / "config.json").read_text())
+    assert config["arch"] == arch and config["data"]["embedded"]
+
+
+def test_saved_model_reloads_with_safe_mode_and_predicts_the_same(tmp_path):
+    out, _ = run_lab(
+        tmp_path, "--augment", "basic", "--activation", "gelu", "--epochs", "1"
+    )
+    assert (out / "plots" / "augmentation.png").is_file()
+    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    from common.data import load_images
+
+    images = load_images("digits", quick=True).x_test[:16]
+    again = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), again.predict(images, verbose=0), atol=1e-6
+    )
+    assert any(layer.name == "augment_basic" for layer in model.layers)
+
+
+@pytest.mark.parametrize("augment", ["randaugment", "mixup", "cutmix"])
+def test_augmentations_train_and_draw_a_gallery(tmp_path, augment):
+    out, metrics = run_lab(tmp_path, "--augment", augment, "--epochs", "1")
+    check_run(out, metrics, epochs=1)
+    assert (out / "plots" / "augmentation.png").stat().st_size > 5000
+
+
+def test_activation_flag_reaches_the_model(tmp_path):
+    out, _ = run_lab(tmp_path, "--activation", "gelu", "--epochs", "1")
+    model = keras.saving.load_model(out / "model.keras")
+    assert any(layer.name.endswith("_gelu") for layer in model.layers)
+
+
+def test_search_writes_trials_and_retrains_best(tmp_path):
+    out, metrics = run_lab(tmp_path, "--search", "2", "--epochs", "1")
+    trials = json.loads((out / "search_trials.json").read_text())
+    assert len(trials) == 2
+    assert {"learning_rate", "width", "dropout", "activation", "val_accuracy"} <= set(
+        trials[0]
+    )
+    assert (out / "plots" / "search_trials.png").is_file()
+    assert metrics["hyperparameters"]["activation"] == trials[0]["activation"]
+    assert "Model selection" in (out / "report.md").read_text()
+
+
+def test_npz_mnist_format(tmp_path):
+    from common.data import load_images
+
+    digits = load_images("digits")
+    big = np.kron(digits.x_train[..., 0], np.ones((4, 4)))[:, 2:30, 2:30]
+    path = tmp_path / "mnist_like.npz"
+    np.savez(
+        path,
+        x_train=(big[:300] * 255).astype("uint8"),
+        y_train=digits.y_train[:300],
+        x_test=(big[300:400] * 255).astype("uint8"),
+        y_test=digits.y_train[300:400],
+    )
+    out, metrics = run_lab(tmp_path, "--dataset", f"npz:{path}", "--epochs", "1")
+    check_run(out, metrics, epochs=1)
+    assert json.loads((out / "config.json").read_text())["data"]["image_shape"] == [
+        28,
+        28,
+        1,
+    ]
+
+
+def test_rgb_folder(tmp_path):
+    root = make_image_folder(
+        tmp_path / "rgb",
+        mode="RGB",
+        size=24,
+        per_class=10,
+        classes=("cat", "dog", "fox"),
+    )
+    out, metrics = run_lab(tmp_path, "--dataset", f"folder:{root}", "--epochs", "1")
+    check_run(out, metrics, epochs=1)
+    assert json.loads((out / "config.json").read_text())["data"]["num_classes"] == 3
+
+
+# --- bad input: one paragraph, non-zero exit, nothing overwritten -------------------
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--arch", "alexnet"],
+        ["--epochs", "0"],
+        ["--epochs", "-3"],
+        ["--batch-size", "0"],
+        ["--learning-rate", "-1"],
+        ["--augment", "flipflop"],
+        ["--activation", "sigmoidal"],
+        ["--search", "-2"],
+        ["--dropout", "1.5"],
+    ],
+)
+def test_usage_errors_exit_2(flags, capsys):
+    with pytest.raises(SystemExit) as error:
+        lab1_cnn.parse_args(flags)
+    assert error.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "dataset, message",
+    [
+        ("imagenet22k", "unknown dataset"),
+        ("npz:/no/such/file.npz", "no .npz file"),
+    ],
+)
+def test_runtime_errors_exit_1_with_a_paragraph(tmp_path, capsys, dataset, message):
+    code = cli.run(lab1_cnn.main, ["--dataset", dataset, "--out", str(tmp_path / "r")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_unreadable_npz_exits_1(tmp_path, capsys):
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    code = cli.run(lab1_cnn.main, ["--dataset", f"npz:{tmp_path / 'bad.npz'}"])
+    assert code == 1 and "cannot read" in " ".join(capsys.readouterr().err.split())
+
+
+def test_command_line_refuses_a_non_empty_out_and_keeps_it(tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"keep": true}')
+    result = subprocess.run(
+        [sys.executable, "-m", "labs.lab1_cnn", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert "already holds files" in message and "Traceback" not in message
+    assert json.loads((out / "metrics.json").read_text()) == {"keep": True}
+
+
+@pytest.mark.slow
+def test_default_run_reaches_98_percent(tmp_path):
+    metrics = lab1_cnn.main(["--out", str(tmp_path / "full")])
+    assert metrics["test_accuracy"] >= 0.98
