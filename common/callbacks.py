@@ -5,9 +5,12 @@ interrupted run keeps its rows) and draws learning_curves.png at the end of
 training, or when :meth:`HistoryRecorder.plot` is called after an interrupt.
 """
 
+import contextlib
 import csv
 import io
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -64,16 +67,21 @@ class HistoryRecorder(keras.callbacks.Callback):
         self.boundaries = list(boundaries)
         self.rows = []
         self._epoch_start = None
+        self._offset = len(self.initial_rows)
 
     def on_train_begin(self, logs=None):
         self.rows = [dict(row) for row in self.initial_rows]
         self._epoch_start = None
+        self._offset = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._epoch_start if self._epoch_start else 0.0
+        if self._offset is None:
+            # keras counts from 0 in a new fit, or from the checkpoint on resume
+            self._offset = len(self.rows) - epoch
         row = {"epoch": len(self.rows) + 1}
         row.update({key: _number(value) for key, value in (logs or {}).items()})
         row["epoch_seconds"] = round(seconds, 4)
@@ -102,7 +110,7 @@ class HistoryRecorder(keras.callbacks.Callback):
         stopper = self.early_stopping
         if stopper is None or stopper.best is None:
             return None, None
-        offset = len(self.initial_rows)
+        offset = len(self.initial_rows) if self._offset is None else self._offset
         best = offset + stopper.best_epoch + 1
         stopped = offset + stopper.stopped_epoch + 1 if stopper.stopped_epoch else None
         return best, stopped
@@ -121,3 +129,31 @@ class HistoryRecorder(keras.callbacks.Callback):
             stopped_epoch=stopped,
             boundaries=self.boundaries,
         )
+
+
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold Ctrl-C back until the block ends, so a file is never half-written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: pending.append(1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            raise KeyboardInterrupt
+
+
+class InterruptSafeBackup(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore, with Ctrl-C held back while it saves.
+
+    A Ctrl-C that lands in the middle of the checkpoint write would leave a
+    truncated weights file that the resumed run cannot load.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        with sigint_deferred():
+            super().on_epoch_end(epoch, logs)

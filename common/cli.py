@@ -8,9 +8,11 @@ Every lab builds its parser with :func:`make_parser` and runs through :func:`run
 """
 
 import argparse
+import json
 import sys
 import textwrap
 import traceback
+from pathlib import Path
 
 
 class WorkbookError(Exception):
@@ -108,9 +110,58 @@ def make_parser(
         "--quick", action="store_true", help="smoke test: tiny subset, at most 2 epochs"
     )
     parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue an interrupted run from its last checkpoint, with the same "
+        "arguments and history (other flags are taken from its config.json)",
+    )
+    parser.add_argument(
         "--debug", action="store_true", help="show the full traceback on errors"
     )
     return parser
+
+
+def resume_argv(argv, lab):
+    """With ``--resume RUN_DIR`` in argv: that run's own arguments, plus --resume.
+
+    A resumed run must repeat the interrupted command exactly (same data split,
+    model and seed), so its arguments come from the run's config.json.
+    """
+    finder = argparse.ArgumentParser(add_help=False)
+    finder.add_argument("--resume", default=None)
+    finder.add_argument("--debug", action="store_true")
+    known, _ = finder.parse_known_args(argv)
+    if known.resume is None:
+        return list(argv)
+    directory = Path(known.resume)
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise WorkbookError(
+            f"--resume {directory}: no readable config.json there ({error}). Give "
+            "the folder of an interrupted run, as printed on its 'run:' line."
+        ) from error
+    if config.get("lab") != lab:
+        raise WorkbookError(
+            f"--resume {directory} is a run of {config.get('lab')}, not {lab}. "
+            f"Resume it with python -m labs.{config.get('lab')} --resume {directory}."
+        )
+    try:
+        status = json.loads((directory / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError):
+        status = None
+    if status in ("completed", "early_stopped"):
+        raise WorkbookError(
+            f"--resume {directory}: that run already finished (status {status}); "
+            "there is nothing to resume. Start a new run instead."
+        )
+    original = list(config.get("argv", []))
+    if "--resume" in original:
+        index = original.index("--resume")
+        del original[index : index + 2]
+    extra = ["--debug"] if known.debug and "--debug" not in original else []
+    return original + extra + ["--resume", str(directory)]
 
 
 def paragraph(text):
@@ -132,6 +183,17 @@ def run(main, argv=None):
     except KeyboardInterrupt:
         print("\ninterrupted.", file=sys.stderr)
         return 130
+    except OSError as error:
+        if debug:
+            raise
+        where = f" {error.filename}" if error.filename else ""
+        message = (
+            f"could not read or write{where}: {error.strerror or error}. Check that "
+            "the disk has space and the folder is writable, then run again "
+            "(an interrupted run can be continued with --resume RUN_DIR)."
+        )
+        print(f"\nerror: {paragraph(message)}", file=sys.stderr)
+        return 1
     except Exception as error:  # noqa: BLE001  (last resort: no traceback for users)
         if debug:
             raise

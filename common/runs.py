@@ -25,6 +25,7 @@ from pathlib import Path
 from common.cli import WorkbookError
 
 RUNS_ROOT = Path("runs")
+BACKUP = "backup"  # keras.callbacks.BackupAndRestore's folder inside a run
 PACKAGES = ("keras", "torch", "numpy", "tensorflow", "sklearn", "keras_tuner")
 
 
@@ -111,18 +112,48 @@ def _prepare_directory(out, lab, arch, dataset):
 class Run:
     """A run directory being written. Create it with :meth:`Run.create`."""
 
-    def __init__(self, path, lab, config):
+    def __init__(self, path, lab, config, initial_rows=()):
         self.path = Path(path)
         self.lab = lab
         self.config = config
         self.plots = self.path / "plots"
         self.started = time.time()
+        self.initial_rows = list(initial_rows)
+
+    @property
+    def resumed(self):
+        return bool(self.config.get("resumed"))
+
+    @classmethod
+    def reopen(cls, lab, args):
+        """An interrupted run to continue: its history is trimmed to the checkpoint."""
+        path = Path(args.resume)
+        config = json.loads((path / "config.json").read_text())
+        try:
+            rows = json.loads((path / "history.json").read_text())
+        except (OSError, ValueError):
+            rows = []
+        metadata = path / BACKUP / "training_metadata.json"
+        if not metadata.exists():
+            raise WorkbookError(
+                f"--resume {path}: the run has no checkpoint ({metadata} is missing), "
+                "so it cannot continue where it stopped. Start a new run instead."
+            )
+        epochs_done = json.loads(metadata.read_text()).get("epoch", 0)
+        config["resumed"] = config.get("resumed", 0) + 1
+        config["resumed_at_epoch"] = epochs_done
+        run = cls(path, lab, config, initial_rows=rows[:epochs_done])
+        run.write_config()
+        print(f"resuming {path} after epoch {epochs_done}")
+        return run
 
     @classmethod
     def create(cls, lab, args, argv):
         """Make the folder (refusing a non-empty ``--out``) and write config.json."""
         import keras
 
+        if getattr(args, "resume", None):
+            return cls.reopen(lab, args)
         arch = getattr(args, "arch", "default")
         path = _prepare_directory(args.out, lab, arch, args.dataset)
         config = {
@@ -187,6 +218,9 @@ class Run:
             lines.append("")
         atomic_write_text(self.path / "report.md", "\n".join(lines))
 
+    def load_model(self, name="model.keras"):
+        return load_model(self.path / name)
+
     def finish(self):
         """The last line a lab prints."""
         print(f"run: {self.path}")
@@ -220,3 +254,31 @@ def seed_everything(seed):
         import torch
 
         torch.manual_seed(seed)
+
+
+def load_model(path):
+    """``keras.saving.load_model`` with safe_mode on, and a clear refusal.
+
+    A .keras file that names a class this workbook does not register (a custom
+    layer from elsewhere, or a Lambda holding code) is refused, never executed.
+    """
+    import keras
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except (TypeError, ValueError) as error:
+        raise WorkbookError(
+            f"refused to load {path}: it needs an object this workbook does not "
+            f"register or would run code from the file ({_first_line(error)}). "
+            "Only models saved by the workbook's labs load; if you trust the file, "
+            "load it yourself with keras.saving.load_model(path, safe_mode=False)."
+        ) from error
+    except OSError as error:
+        raise WorkbookError(
+            f"cannot read the model file {path} ({error}). Check the path."
+        ) from error
+
+
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__

@@ -15,8 +15,9 @@ import keras
 import numpy as np
 
 from common import plots
-from common.callbacks import HistoryRecorder, early_stopping
+from common.callbacks import HistoryRecorder, InterruptSafeBackup, early_stopping
 from common.cli import RunInterrupted, WorkbookError
+from common.runs import BACKUP
 
 
 def progress_verbosity():
@@ -38,9 +39,19 @@ def fit(
     callbacks=(),
     initial_rows=(),
     boundaries=(),
+    checkpoint=True,
     **fit_kwargs,
 ):
-    """Fit ``model`` and return the run's training figures as a dict."""
+    """Fit ``model`` and return the run's training figures as a dict.
+
+    With ``checkpoint`` (the default) keras's BackupAndRestore saves the model and
+    optimizer after every epoch in RUN_DIR/backup, so that ``--resume RUN_DIR``
+    continues an interrupted fit; the folder is deleted when the fit finishes. A
+    lab that calls ``fit`` more than once (phases, comparisons) passes
+    ``checkpoint=False``, since the checkpoint cannot tell the fits apart.
+    """
+    if run.resumed and not initial_rows:
+        initial_rows = run.initial_rows
     stopper = early_stopping(monitor=monitor, patience=patience)
     recorder = HistoryRecorder(
         run.path,
@@ -50,6 +61,10 @@ def fit(
         boundaries=boundaries,
     )
     all_callbacks = [stopper, recorder, keras.callbacks.TerminateOnNaN(), *callbacks]
+    if checkpoint:
+        all_callbacks.append(
+            InterruptSafeBackup(str(run.path / BACKUP), double_checkpoint=True)
+        )
     status = "completed"
     start = time.perf_counter()
     try:
@@ -92,7 +107,8 @@ def fit(
             raise RunInterrupted(
                 f"training was interrupted after {len(recorder.rows)} epoch(s). "
                 f"History, learning curves, metrics.json (status interrupted) and "
-                f"the best model so far are in {run.path}."
+                f"the best model so far are in {run.path}. Continue it with "
+                f"--resume {run.path}."
             )
         run.write_report(f"{run.lab} (diverged)", result)
         raise WorkbookError(

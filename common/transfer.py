@@ -101,8 +101,10 @@ class ResNetV2Preprocess(keras.layers.Layer):
 
 def imagenet_cache_paths():
     """Where Keras keeps (or would keep) the ImageNet backbone file."""
-    homes = [os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras"),
-             "/tmp/.keras"]
+    homes = [
+        os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras"),
+        "/tmp/.keras",
+    ]
     return [Path(home) / "models" / IMAGENET_FILE for home in homes]
 
 
@@ -137,16 +139,24 @@ def resolve_weights(weights):
     text = str(weights).strip()
     choice = text.lower()
     if choice == "none":
-        return None, None, (
-            f"weights: none (random initialisation): {RANDOM_BACKBONE_NOTICE}.")
+        return (
+            None,
+            None,
+            (f"weights: none (random initialisation): {RANDOM_BACKBONE_NOTICE}."),
+        )
     if choice in ("imagenet", "auto"):
         cached = cached_imagenet_file()
         if cached is not None:
             return "imagenet", None, f"weights: ImageNet, from the Keras cache {cached}"
         if _imagenet_reachable():
-            return "imagenet", None, (
-                "weights: ImageNet, downloading the 94 MB backbone file once into "
-                f"{imagenet_cache_paths()[0].parent}.")
+            return (
+                "imagenet",
+                None,
+                (
+                    "weights: ImageNet, downloading the 94 MB backbone file once into "
+                    f"{imagenet_cache_paths()[0].parent}."
+                ),
+            )
         if choice == "imagenet":
             raise WorkbookError(
                 "--weights imagenet: the ImageNet weights are not in the Keras cache "
@@ -157,11 +167,15 @@ def resolve_weights(weights):
                 f"{IMAGENET_FILE} copied into ~/.keras/models/ from a machine with "
                 "network access), or run once with network access."
             )
-        return None, None, (
-            "notice: no ImageNet weights here (offline, and not in the Keras cache "
-            f"{imagenet_cache_paths()[0].parent}), so --weights auto falls back to "
-            f"random weights: {RANDOM_BACKBONE_NOTICE}. Copy {IMAGENET_FILE} into "
-            "that folder, or run once online, for real transfer learning."
+        return (
+            None,
+            None,
+            (
+                "notice: no ImageNet weights here (offline, and not in the Keras cache "
+                f"{imagenet_cache_paths()[0].parent}), so --weights auto falls back to "
+                f"random weights: {RANDOM_BACKBONE_NOTICE}. Copy {IMAGENET_FILE} into "
+                "that folder, or run once online, for real transfer learning."
+            ),
         )
     path = Path(text).expanduser()
     if not path.is_file():
@@ -204,15 +218,22 @@ def _load_backbone_weights(base, path):
 
 def _build_base(input_shape, keras_weights, local_path):
     base = keras.applications.ResNet50V2(
-        include_top=False, weights=keras_weights, input_shape=input_shape)
+        include_top=False, weights=keras_weights, input_shape=input_shape
+    )
     if local_path is not None:
         _load_backbone_weights(base, local_path)
     return base
 
 
-def build_transfer_model(input_shape, num_classes, weights="auto", dropout=0.2,
-                         name="resnet50v2_transfer", min_size=MIN_INPUT_SIZE,
-                         train_base=False):
+def build_transfer_model(
+    input_shape,
+    num_classes,
+    weights="auto",
+    dropout=0.2,
+    name="resnet50v2_transfer",
+    min_size=MIN_INPUT_SIZE,
+    train_base=False,
+):
     """``(model, base, notice)``: ResNet50V2 backbone plus a new head; see the
     module docstring for the layers."""
     height, width, channels = (int(size) for size in input_shape)
@@ -221,8 +242,10 @@ def build_transfer_model(input_shape, num_classes, weights="auto", dropout=0.2,
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     if min_size < MIN_INPUT_SIZE:
-        raise ValueError(f"ResNet50V2 needs at least {MIN_INPUT_SIZE} pixels a side, "
-                         f"got min_size={min_size}")
+        raise ValueError(
+            f"ResNet50V2 needs at least {MIN_INPUT_SIZE} pixels a side, "
+            f"got min_size={min_size}"
+        )
     keras_weights, local_path, notice = resolve_weights(weights)
     inputs = keras.Input(shape=(height, width, channels), name="images")
     x = inputs
@@ -249,8 +272,10 @@ def build_transfer_model(input_shape, num_classes, weights="auto", dropout=0.2,
                 "use --weights none or --weights PATH (a local weights file)."
             ) from error
         base = _build_base(base_shape, None, None)
-        notice = (f"notice: the ImageNet download failed ({type(error).__name__}), "
-                  f"so --weights auto uses random weights: {RANDOM_BACKBONE_NOTICE}.")
+        notice = (
+            f"notice: the ImageNet download failed ({type(error).__name__}), "
+            f"so --weights auto uses random weights: {RANDOM_BACKBONE_NOTICE}."
+        )
     if train_base:
         base.trainable = True
         x = base(x)
@@ -259,16 +284,19 @@ def build_transfer_model(input_shape, num_classes, weights="auto", dropout=0.2,
         x = base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D(name="pooling")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax",
-                                 name="predictions")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(
+        x
+    )
     return keras.Model(inputs, outputs, name=name), base, notice
 
 
 def weighted_layers(base):
     """Layers with weights, bottom to top, BatchNorm excluded."""
-    return [layer for layer in base.layers
-            if layer.weights
-            and not isinstance(layer, keras.layers.BatchNormalization)]
+    return [
+        layer
+        for layer in base.layers
+        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+    ]
 
 
 def residual_blocks(base):
@@ -291,18 +319,24 @@ def unfreeze_top(base, count, unit="layers"):
     weighted = weighted_layers(base)
     if unit == "layers":
         if count > len(weighted):
-            raise ValueError(f"{base.name} has {len(weighted)} layers with weights "
-                             f"(BatchNorm not counted); cannot unfreeze {count}")
-        chosen = weighted[len(weighted) - count:]
+            raise ValueError(
+                f"{base.name} has {len(weighted)} layers with weights "
+                f"(BatchNorm not counted); cannot unfreeze {count}"
+            )
+        chosen = weighted[len(weighted) - count :]
     else:
         blocks = residual_blocks(base)
         if count > len(blocks):
-            raise ValueError(f"{base.name} has {len(blocks)} residual blocks; cannot "
-                             f"unfreeze {count}")
-        wanted = set(blocks[len(blocks) - count:])
-        chosen = [layer for layer in weighted
-                  if (match := BLOCK_PATTERN.match(layer.name))
-                  and match.group(1) in wanted]
+            raise ValueError(
+                f"{base.name} has {len(blocks)} residual blocks; cannot "
+                f"unfreeze {count}"
+            )
+        wanted = set(blocks[len(blocks) - count :])
+        chosen = [
+            layer
+            for layer in weighted
+            if (match := BLOCK_PATTERN.match(layer.name)) and match.group(1) in wanted
+        ]
     chosen_ids = {id(layer) for layer in chosen}
     base.trainable = True
     for layer in base.layers:
@@ -327,5 +361,9 @@ def parameter_table(model):
     trainable = _count(model.trainable_weights)
     non_trainable = _count(model.non_trainable_weights)
     layers = [layer for layer in _leaf_layers(model) if layer.trainable_weights]
-    return {"trainable": trainable, "non_trainable": non_trainable,
-            "total": trainable + non_trainable, "trainable_layers": len(layers)}
+    return {
+        "trainable": trainable,
+        "non_trainable": non_trainable,
+        "total": trainable + non_trainable,
+        "trainable_layers": len(layers),
+    }

@@ -18,7 +18,7 @@ Modules:
 - :mod:`kernels.attention`: additive (Bahdanau) attention pooling over time
   (``AdditiveAttentionPooling``).
 - :mod:`kernels.warp`: a batched random affine warp for augmentation
-  (``RandomAffineWarp``): one ``affine_grid`` + ``grid_sample`` call on torch.
+  (``RandomAffineWarp``): one batched ``grid_sample`` call on torch.
 - :mod:`kernels.gradcheck`: a small finite-difference gradient checker.
 
 The package imports only keras, plus torch for the fast paths on the torch backend.

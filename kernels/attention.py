@@ -28,6 +28,13 @@ from keras import ops
 MASKED_SCORE = -1e9
 
 
+def _tensor(value, dtype=None):
+    """A tensor, never a Keras variable: tf.custom_gradient refuses functions that
+    read variables, and on TensorFlow ``ops.convert_to_tensor`` keeps a variable."""
+    value = ops.convert_to_tensor(value)
+    return ops.cast(value, dtype or value.dtype)
+
+
 def _masked_softmax(scores, mask):
     scores = ops.where(mask > 0, scores, ops.full_like(scores, MASKED_SCORE))
     return ops.softmax(scores, axis=-1)
@@ -48,10 +55,10 @@ def reference_additive_attention(values, kernel, bias, score_vector, mask=None):
         kernel: (features, units); bias and score_vector: (units,).
         mask: optional (batch, time), true/1 for real steps.
     """
-    values = ops.convert_to_tensor(values)
-    kernel = ops.convert_to_tensor(kernel, dtype=values.dtype)
-    bias = ops.convert_to_tensor(bias, dtype=values.dtype)
-    score_vector = ops.convert_to_tensor(score_vector, dtype=values.dtype)
+    values = _tensor(values)
+    kernel = _tensor(kernel, values.dtype)
+    bias = _tensor(bias, values.dtype)
+    score_vector = _tensor(score_vector, values.dtype)
     mask = _as_mask(values, mask)
     hidden = ops.tanh(ops.einsum("btd,du->btu", values, kernel) + bias)
     scores = ops.einsum("btu,u->bt", hidden, score_vector)
@@ -104,15 +111,15 @@ def additive_attention(values, kernel, bias, score_vector, mask=None):
 
     Same arguments as :func:`reference_additive_attention`.
     """
-    values = ops.convert_to_tensor(values)
+    values = _tensor(values)
     if len(values.shape) != 3 or values.shape[-1] is None:
         raise ValueError(
             f"values must be (batch, time, features) with known features, "
             f"got shape {values.shape}"
         )
-    kernel = ops.convert_to_tensor(kernel, dtype=values.dtype)
-    bias = ops.convert_to_tensor(bias, dtype=values.dtype)
-    score_vector = ops.convert_to_tensor(score_vector, dtype=values.dtype)
+    kernel = _tensor(kernel, values.dtype)
+    bias = _tensor(bias, values.dtype)
+    score_vector = _tensor(score_vector, values.dtype)
     packed = _packed_additive_attention(
         values, kernel, bias, score_vector, _as_mask(values, mask)
     )

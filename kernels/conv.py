@@ -23,6 +23,13 @@ SOBEL_X = [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]
 SOBEL_Y = [[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]]
 
 
+def _tensor(value, dtype=None):
+    """A tensor, never a Keras variable: tf.custom_gradient refuses functions that
+    read variables, and on TensorFlow ``ops.convert_to_tensor`` keeps a variable."""
+    value = ops.convert_to_tensor(value)
+    return ops.cast(value, dtype or value.dtype)
+
+
 def _standardize_data_format(data_format):
     data_format = data_format or keras.config.image_data_format()
     if data_format not in ("channels_last", "channels_first"):
@@ -47,7 +54,7 @@ def _filter_mean(values):
 
 def reference_weight_standardize(kernel, epsilon=1e-5):
     """Standardize each output filter of a (kh, kw, in, out) kernel; keras.ops only."""
-    kernel = ops.convert_to_tensor(kernel)
+    kernel = _tensor(kernel)
     centered = kernel - _filter_mean(kernel)
     return centered / ops.sqrt(_filter_mean(centered * centered) + epsilon)
 
@@ -80,7 +87,7 @@ def weight_standardize(kernel, epsilon=1e-5):
     """
     if epsilon <= 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
-    kernel = ops.convert_to_tensor(kernel)
+    kernel = _tensor(kernel)
     if len(kernel.shape) != 4:
         raise ValueError(f"expected a 4D Conv2D kernel, got shape {kernel.shape}")
     return _weight_standardize_with_gradient(float(epsilon))(kernel)
@@ -128,9 +135,7 @@ def _filter_each_channel(images, kernels_2d):
     channel-major: [k0(c0), k1(c0), k0(c1), k1(c1), ...].
     """
     channels = images.shape[-1]
-    kernel = ops.stack(
-        [ops.convert_to_tensor(k, dtype=images.dtype) for k in kernels_2d], axis=-1
-    )
+    kernel = ops.stack([_tensor(k, images.dtype) for k in kernels_2d], axis=-1)
     kernel = ops.tile(kernel[:, :, None, :], (1, 1, channels, 1))
     return ops.depthwise_conv(images, kernel, strides=1, padding="same")
 
@@ -145,7 +150,7 @@ def reference_sobel(images):
     Returns (batch, height, width, 2 * channels): per input channel, the x derivative
     then the y derivative.
     """
-    return _filter_each_channel(ops.convert_to_tensor(images), [SOBEL_X, SOBEL_Y])
+    return _filter_each_channel(_tensor(images), [SOBEL_X, SOBEL_Y])
 
 
 @ops.custom_gradient
@@ -164,7 +169,7 @@ def _sobel(images):
 
 def sobel(images):
     """Sobel derivatives with the hand-written gradient; same as the reference."""
-    images = ops.convert_to_tensor(images)
+    images = _tensor(images)
     if len(images.shape) != 4:
         raise ValueError(
             f"expected 4D (batch, height, width, channels) images, got {images.shape}"

@@ -27,6 +27,13 @@ from keras import ops
 EPSILON = 1e-6
 
 
+def _tensor(value, dtype=None):
+    """A tensor, never a Keras variable: tf.custom_gradient refuses functions that
+    read variables, and on TensorFlow ``ops.convert_to_tensor`` keeps a variable."""
+    value = ops.convert_to_tensor(value)
+    return ops.cast(value, dtype or value.dtype)
+
+
 def _standardize_data_format(data_format):
     data_format = data_format or keras.config.image_data_format()
     if data_format not in ("channels_last", "channels_first"):
@@ -74,8 +81,8 @@ def _check_pool_size(pool_size):
 def reference_lp_pooling(x, p, pool_size=2):
     """LP pooling in plain keras.ops (channels_last); Keras differentiates it."""
     pool_size = _check_pool_size(pool_size)
-    x = ops.convert_to_tensor(x)
-    p = ops.convert_to_tensor(p, dtype=x.dtype)
+    x = _tensor(x)
+    p = _tensor(p, x.dtype)
     magnitude = _windows(ops.abs(x) + EPSILON, pool_size)
     window_max = ops.stop_gradient(ops.max(magnitude, axis=(2, 4), keepdims=True))
     mean_power = _window_mean((magnitude / window_max) ** p)
@@ -138,8 +145,8 @@ def lp_pooling(x, p, pool_size=2):
         pool_size: int or (height, width); strides equal the pool size.
     """
     pool_size = _check_pool_size(pool_size)
-    x = ops.convert_to_tensor(x)
-    p = ops.convert_to_tensor(p, dtype=x.dtype)
+    x = _tensor(x)
+    p = _tensor(p, x.dtype)
     if len(x.shape) != 4:
         raise ValueError(f"expected a 4D (batch, h, w, c) input, got shape {x.shape}")
     return _lp_pooling_with_gradient(pool_size)(x, p)

@@ -17,10 +17,17 @@ import keras
 from keras import ops
 
 
+def _tensor(value, dtype=None):
+    """A tensor, never a Keras variable: tf.custom_gradient refuses functions that
+    read variables, and on TensorFlow ``ops.convert_to_tensor`` keeps a variable."""
+    value = ops.convert_to_tensor(value)
+    return ops.cast(value, dtype or value.dtype)
+
+
 def reference_swish(x, beta):
     """Swish in plain keras.ops; Keras differentiates it."""
-    x = ops.convert_to_tensor(x)
-    beta = ops.convert_to_tensor(beta, dtype=x.dtype)
+    x = _tensor(x)
+    beta = _tensor(beta, x.dtype)
     return x * ops.sigmoid(beta * x)
 
 
@@ -55,8 +62,8 @@ def swish(x, beta):
         x: tensor of any shape.
         beta: scalar, or one value per channel (shape ``(x.shape[-1],)``).
     """
-    x = ops.convert_to_tensor(x)
-    beta = ops.convert_to_tensor(beta, dtype=x.dtype)
+    x = _tensor(x)
+    beta = _tensor(beta, x.dtype)
     if len(beta.shape) > 1 or (len(beta.shape) == 1 and beta.shape[0] != x.shape[-1]):
         raise ValueError(
             f"beta must be a scalar or have shape ({x.shape[-1]},), got {beta.shape}"

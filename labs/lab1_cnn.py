@@ -501,7 +501,7 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = cli.resume_argv(sys.argv[1:] if argv is None else argv, LAB)
     args = parse_args(argv)
     seed_everything(args.seed)
     data = load_images(

@@ -61,6 +61,7 @@ RESULTS = "not measured yet"
 import copy
 import csv
 import io
+import json
 import sys
 from dataclasses import dataclass, field
 
@@ -78,7 +79,8 @@ HYPERPARAMETERS = {
     "epochs": 15,  # maximum; EarlyStopping on val_loss may stop sooner
     "batch_size": 128,  # sequences per step
     "learning_rate": 3e-3,  # Adam / RMSprop step size
-    "patience": 6,  # epochs without val_loss improvement before stopping
+    "patience": 8,  # epochs without val_loss improvement (LSTM plateaus ~7 first)
+    "clipnorm": None,  # gradient norm clipping, off (see --clipnorm)
     "num_sequences": 8000,  # training sequences (adding) or windows (seasonal)
     "num_val": 1000,  # validation sequences (adding, seasonal)
     "num_test": 2000,  # test sequences (adding, seasonal)
@@ -365,11 +367,11 @@ LOSSES = {
 }
 
 
-def build_model(arch, cell, data, units, learning_rate):
+def build_model(arch, cell, data, units, learning_rate, clipnorm=None):
     model = ARCHITECTURES[arch](data, cell=cell, units=units, name=f"arch{arch}_{cell}")
     loss, metrics = LOSSES[data.task]
-    model.compile(optimizer=OPTIMIZERS[arch](learning_rate), loss=loss,
-                  metrics=metrics)
+    optimizer = OPTIMIZERS[arch](learning_rate, clipnorm=clipnorm)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     return model
 
 
@@ -466,34 +468,48 @@ def predictions_plot(panels, data, path, title):
     return plots.save(figure, path)
 
 
-def comparison_curves(histories, data, path, title):
-    """plots/learning_curves.png of a comparison: every cell on the same axes."""
+def cell_learning_curves(histories, data, path, title, best_epochs=None):
+    """plots/learning_curves.png: loss and metric per epoch, every cell on one figure.
+
+    ``histories`` is {cell: history rows}; ``best_epochs`` {cell: epoch} marks the
+    epoch whose weights were kept. Regression losses are drawn on a log scale with
+    the mean predictor's MSE, the bar a model must get below.
+    """
     import matplotlib.pyplot as plt
 
     metric = "mae" if data.task == "regression" else "accuracy"
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for index, (cell, rows) in enumerate(histories.items()):
-        color = plots.CELL_COLORS[index % len(plots.CELL_COLORS)]
+    for cell, rows in histories.items():
+        if not rows:
+            continue
+        color = plots.CELL_COLORS[list(CELLS).index(cell) % len(plots.CELL_COLORS)]
         epochs = [row["epoch"] for row in rows]
         for axis, key in zip(axes, ("loss", metric)):
             axis.plot(epochs, [row.get(f"val_{key}") for row in rows], "o-",
                       color=color, markersize=3, label=f"{CELLS[cell]} validation")
             axis.plot(epochs, [row.get(key) for row in rows], "--", color=color,
-                      alpha=0.7, label=f"{CELLS[cell]} train")
-    loss_name = "MSE" if data.task == "regression" else "cross-entropy"
+                      alpha=0.6, label=f"{CELLS[cell]} train")
+            best = (best_epochs or {}).get(cell)
+            if best:
+                axis.axvline(best, color=color, linestyle=":", alpha=0.8,
+                             label=f"{CELLS[cell]} best epoch ({best})")
+        if len(epochs) < 16:
+            axes[0].set_xticks(epochs)
+            axes[1].set_xticks(epochs)
     if data.task == "regression":
-        axes[0].axhline(data.notes["baseline_mse"], color="gray", linestyle=":",
-                        label=f"mean predictor ({data.notes['baseline_mse']:.3f})")
+        axes[0].axhline(data.notes["baseline_mse"], color="black", linestyle="--",
+                        linewidth=1, label=f"mean predictor "
+                                           f"({data.notes['baseline_mse']:.3f})")
         axes[0].set_yscale("log")
-        loss_name += " (log scale)"
-    for axis, label in zip(axes, (f"loss: {loss_name}",
-                                  "mean absolute error" if metric == "mae"
-                                  else "accuracy")):
+        labels = ("loss: mean squared error (log scale)", "mean absolute error")
+    else:
+        labels = ("loss: cross-entropy", "accuracy (share correct)")
+    for axis, label in zip(axes, labels):
         axis.set_xlabel("epoch")
         axis.set_ylabel(label)
         axis.set_title(label)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=7)
     figure.suptitle(title)
     return plots.save(figure, path)
 
@@ -516,13 +532,17 @@ def describe_model(args, cell, data):
 def train_cell(args, data, cell, run):
     """Train, evaluate and write one complete run directory; returns its metrics."""
     seed_everything(args.seed)
-    model = build_model(args.arch, cell, data, args.units, args.learning_rate)
+    model = build_model(args.arch, cell, data, args.units, args.learning_rate,
+                        args.clipnorm)
     title = describe_model(args, cell, data)
     print(f"model: {model.name}, {model.count_params():,} parameters, "
           f"{args.epochs} epochs max")
     result = fit(model, run, data.x_train, data.y_train,
                  validation_data=(data.x_val, data.y_val), epochs=args.epochs,
                  batch_size=args.batch_size, patience=args.patience, title=title)
+    cell_learning_curves({cell: read_history(run)}, data,
+                         run.plots / "learning_curves.png", title,
+                         {cell: result["best_epoch"]})
     sections = []
     predictions = None
     if data.task == "regression":
@@ -650,8 +670,6 @@ def compare(args, argv, data, run):
 
 
 def read_history(cell_run):
-    import json
-
     path = cell_run.path / "history.json"
     return json.loads(path.read_text()) if path.exists() else []
 
@@ -670,7 +688,10 @@ def write_comparison(args, data, run, results, histories, predictions, sub_runs,
     atomic_write_text(run.path / "history.csv", history_csv)
     run.write_json("history.json", history_rows)
     if histories:
-        comparison_curves(histories, data, run.plots / "learning_curves.png", title)
+        best_epochs = {cell: results.get(cell, {}).get("best_epoch")
+                       for cell in histories}
+        cell_learning_curves(histories, data, run.plots / "learning_curves.png",
+                             title, best_epochs)
     finished = {cell: metrics for cell, metrics in results.items()
                 if metrics.get(key) is not None}
     if finished:
@@ -690,9 +711,9 @@ def write_comparison(args, data, run, results, histories, predictions, sub_runs,
     if finished:
         choose = min if data.task == "regression" else max
         best = choose(finished, key=lambda cell: finished[cell][key])
-        metrics.update({"best_cell": best, **finished[best]})
-        if not interrupted:
-            metrics["status"] = "completed"
+        metrics["best_cell"] = best
+        metrics.update({name: value for name, value in finished[best].items()
+                        if name != "status"})
         run.save_model(keras.saving.load_model(sub_runs[best].path / "model.keras"))
     metrics["train_seconds"] = round(sum(
         result.get("train_seconds", 0.0) for result in results.values()), 2)
@@ -741,6 +762,10 @@ def parse_args(argv):
     parser.add_argument("--units", type=cli.positive_int,
                         default=HYPERPARAMETERS["units"],
                         help="units per recurrent layer")
+    parser.add_argument("--clipnorm", type=cli.positive_float,
+                        default=HYPERPARAMETERS["clipnorm"],
+                        help="clip each gradient to this norm (off by default; "
+                             "try 1.0 and watch what it does for SimpleRNN)")
     parser.add_argument("--vocabulary-size", type=cli.positive_int,
                         default=HYPERPARAMETERS["vocabulary_size"],
                         help="imdb_reviews: words kept in the vocabulary")

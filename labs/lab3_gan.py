@@ -650,8 +650,13 @@ class GAN(keras.Model):
         return cls(**config)
 
 
-def make_gan(arch, data, hyper, feature_extractor=None, seed=0):
-    """Build and compile the GAN for ``arch`` on ``data``."""
+def make_gan(arch, data, hyper, feature_extractor=None, seed=0, total_steps=None):
+    """Build and compile the GAN for ``arch`` on ``data``.
+
+    With ``total_steps`` (generator updates in the whole run), both learning
+    rates follow a cosine decay down to ``final_learning_rate`` x the initial
+    rate: small late steps let the generator settle into sharp modes.
+    """
     generator, discriminator, loss = ARCHITECTURES[arch](data, hyper)
     ring = {} if data.kind != "ring" else dict(
         ring_modes=ring_modes(RING["num_modes"], RING["radius"]),
@@ -662,17 +667,32 @@ def make_gan(arch, data, hyper, feature_extractor=None, seed=0):
               feature_extractor=feature_extractor, seed=seed, name=f"gan_{arch}",
               **ring)
 
-    def adam():
-        return keras.optimizers.Adam(hyper["learning_rate"], beta_1=hyper["beta_1"],
+    def adam(updates_per_step):
+        rate = hyper["learning_rate"]
+        if total_steps and hyper.get("final_learning_rate", 1.0) < 1.0:
+            rate = keras.optimizers.schedules.CosineDecay(
+                rate, decay_steps=total_steps * updates_per_step,
+                alpha=hyper["final_learning_rate"])
+        return keras.optimizers.Adam(rate, beta_1=hyper["beta_1"],
                                      beta_2=hyper["beta_2"])
 
-    gan.compile(generator_optimizer=adam(), discriminator_optimizer=adam())
+    gan.compile(generator_optimizer=adam(1),
+                discriminator_optimizer=adam(hyper["critic_steps"]))
     return gan
 
 
 # ----------------------------------------------------------------------------
 # The feature classifier (image quality metrics)
 # ----------------------------------------------------------------------------
+def feature_extractor_from(classifier):
+    """A frozen model giving [features, probabilities] for images in [-1, 1]."""
+    extractor = keras.Model(classifier.input,
+                            [classifier.get_layer("features").output,
+                             classifier.output], name="feature_extractor")
+    extractor.trainable = False
+    return extractor
+
+
 def train_feature_classifier(data, quick, seed):
     """Train the classifier CNN; returns (feature extractor, figures)."""
     seed_everything(seed)
@@ -687,10 +707,7 @@ def train_feature_classifier(data, quick, seed):
                    batch_size=CLASSIFIER["batch_size"],
                    validation_data=(data.x_val, data.y_val), verbose=0)
     _, accuracy = classifier.evaluate(data.x_test, data.y_test, verbose=0)
-    extractor = keras.Model(classifier.input,
-                            [classifier.get_layer("features").output,
-                             classifier.output], name="feature_extractor")
-    extractor.trainable = False
+    extractor = feature_extractor_from(classifier)
     real_features, probabilities = extractor.predict(data.x_test, verbose=0)
     reference_features, _ = extractor.predict(data.x_train[:len(data.x_test)],
                                               verbose=0)
@@ -731,6 +748,25 @@ class Snapshots(keras.callbacks.Callback):
         last = epoch + 1 == self.params.get("epochs") or self.model.stop_training
         if (epoch + 1) % self.every == 0 or last:
             self.take(epoch + 1, logs)
+
+
+class StopWhenNotFinite(keras.callbacks.Callback):
+    """Keras's TerminateOnNaN watches "loss"; a GAN logs two losses instead."""
+
+    def on_train_begin(self, logs=None):
+        self.bad_epoch = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key in ("discriminator_loss", "generator_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(float(value)):
+                self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training and self.bad_epoch is None and any(
+                not math.isfinite(float(logs.get(key, 0.0)))
+                for key in ("discriminator_loss", "generator_loss")):
+            self.bad_epoch = epoch + 1
 
 
 def _mosaic(images, columns):
@@ -829,18 +865,23 @@ def quality_figure(data, rows, initial, path, title, reference=None):
     rows = [{"epoch": 0, **{f"val_{k}": v for k, v in initial.items()}}, *rows]
     epochs = [row["epoch"] for row in rows]
     if data.kind == "ring":
-        panels = [("val_modes_covered", f"modes covered (of {RING['num_modes']})"),
-                  ("val_high_quality_share", "high-quality share (within 3 std)")]
+        panels = [("val_modes_covered", f"modes covered (of {RING['num_modes']})",
+                   (-0.3, RING["num_modes"] + 0.3)),
+                  ("val_high_quality_share", "high-quality share (within 3 std)",
+                   (-0.03, 1.03))]
     else:
-        panels = [("val_frechet_distance", "Frechet distance (classifier features)"),
-                  ("val_classifier_confidence", "classifier confidence")]
+        panels = [("val_frechet_distance", "Frechet distance (classifier features)",
+                   None),
+                  ("val_classifier_confidence", "classifier confidence", (0, 1.03))]
     figure, axes = plots.plt.subplots(1, 2, figsize=(11, 4))
-    for axis, (key, label) in zip(axes, panels):
+    for axis, (key, label, limits) in zip(axes, panels):
         axis.plot(epochs, [row.get(key) for row in rows], "o-", markersize=3,
-                  label=f"generated vs validation, {label}")
-        if reference and key in reference:
+                  label="generated vs validation samples")
+        if reference and reference.get(key) is not None:
             axis.axhline(reference[key], color="gray", linestyle="--",
                          label=reference[f"{key}_label"])
+        if limits:
+            axis.set_ylim(*limits)
         axis.set_xlabel("epoch (0 = untrained)")
         axis.set_ylabel(label)
         axis.set_title(label)
@@ -880,6 +921,7 @@ def train_architecture(args, argv, data, feature_extractor=None, reference=None)
     noise = keras.random.normal((SNAPSHOT_SAMPLES[data.kind], hyper["latent_dim"]),
                                 seed=args.seed + 7)
     snapshots = Snapshots(noise, every)
+    watcher = StopWhenNotFinite()
     evaluation_batch = 1024 if data.kind == "ring" else 256
     initial = _numbers(gan.evaluate(data.x_val, batch_size=evaluation_batch,
                                     verbose=0, return_dict=True))
@@ -893,11 +935,20 @@ def train_architecture(args, argv, data, feature_extractor=None, reference=None)
             validation_data=(data.x_val,), validation_batch_size=evaluation_batch,
             patience=args.patience or hyper["epochs"] + 1, monitor="val_loss",
             title=f"{args.arch} on {data.name}: generator and discriminator losses",
-            callbacks=[snapshots])
+            callbacks=[watcher, snapshots])
     finally:
         if snapshots.frames:
             progress_figures(run, data, snapshots.frames, args.arch)
         run.save_model(gan.generator)
+    if watcher.bad_epoch is not None:
+        result["status"] = "diverged"
+        run.write_metrics(result)
+        run.write_report(f"Lab 3: {args.arch} GAN on {data.name} (diverged)", result)
+        raise cli.WorkbookError(
+            f"training diverged: a GAN loss became NaN or infinite in epoch "
+            f"{watcher.bad_epoch}. The history and plots are in {run.path} "
+            "(metrics.json status diverged). Try a lower --learning-rate, e.g. 10 "
+            "times smaller.")
     final = _numbers(gan.evaluate(data.x_test, batch_size=evaluation_batch,
                                   verbose=0, return_dict=True))
     final.pop("loss", None)
@@ -910,8 +961,9 @@ def train_architecture(args, argv, data, feature_extractor=None, reference=None)
         **final,
     }
     if data.kind == "ring":
+        metrics["modes_covered"] = int(round(metrics["modes_covered"]))
         metrics["num_modes"] = RING["num_modes"]
-        metrics["modes_covered_initial"] = initial["modes_covered"]
+        metrics["modes_covered_initial"] = int(round(initial["modes_covered"]))
         quality_reference = None
     else:
         metrics["frechet_distance_initial"] = initial["frechet_distance"]
@@ -976,6 +1028,21 @@ def _explanation(data):
 # ----------------------------------------------------------------------------
 # --compare: all architectures on the same data
 # ----------------------------------------------------------------------------
+def _child_argv(argv, arch, out, dataset):
+    """The command that reruns one architecture of a comparison on its own."""
+    child, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in ("--compare", "--arch", "--out"):
+            skip = token != "--compare"
+        elif not token.startswith(("--arch=", "--out=")):
+            child.append(token)
+    if not any(token.startswith("--dataset") for token in child):
+        child += ["--dataset", dataset]
+    return [*child, "--arch", arch, "--out", out]
+
+
 def compare(args, argv, data, feature_extractor, reference):
     run = Run.create(LAB, args, argv)
     run.write_config(data=data.summary)
@@ -984,7 +1051,8 @@ def compare(args, argv, data, feature_extractor, reference):
     for arch in archs:
         child = argparse.Namespace(**{**vars(args), "arch": arch,
                                       "out": str(run.path / arch)})
-        results[arch] = train_architecture(child, [*argv, "--arch", arch], data,
+        child_argv = _child_argv(argv, arch, child.out, args.dataset)
+        results[arch] = train_architecture(child, child_argv, data,
                                            feature_extractor, reference)
     key = "modes_covered" if data.kind == "ring" else "frechet_distance"
     columns = (["modes_covered", "high_quality_share", "mode_distance"]

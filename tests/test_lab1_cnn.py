@@ -1,4 +1,4 @@
-"""Lab 1: smoke runs of every architecture and augmentation, search, own data, bad input."""
+"""Lab 1: smoke runs of every arch and augmentation, search, own data, bad input."""
 
 import json
 import subprocess

@@ -93,7 +93,9 @@ def test_phase2_changes_exactly_the_unfrozen_layers(finetune_run):
     assert changed(spy.after_phase1, finetune_run["final"]) == intended
     statistics = [path for path in spy.after_phase1
                   if path.endswith(("moving_mean", "moving_variance"))]
-    assert len(statistics) == 2 * 35  # every BatchNorm layer of ResNet50V2
+    batchnorms = [layer for layer in base.layers
+                  if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(statistics) == 2 * len(batchnorms) == 2 * 49
     for path in statistics:
         np.testing.assert_array_equal(spy.after_phase1[path],
                                       finetune_run["final"][path])
@@ -169,8 +171,7 @@ def test_scratch_trains_the_backbone_and_its_batchnorm(tmp_path, monkeypatch):
                         "--out", str(tmp_path / "scratch")])
     model, _ = spy.built[-1]
     moved = changed(spy.initial[-1], snapshot(model))
-    assert "resnet50v2/conv1_conv/kernel" in moved
-    assert "resnet50v2/post_bn/moving_mean" in moved
+    assert "conv1_conv/kernel" in moved and "post_bn/moving_mean" in moved
     assert metrics["mode"] == "scratch" and metrics["epochs_run"] == 1
     assert spy.unfrozen is None
     assert "not used" in (tmp_path / "scratch" / "report.md").read_text()
