@@ -13,9 +13,9 @@ bilinear interpolation:
 
 Each row is the median over repeats of (images / seconds) for a few batches, after
 one warm-up call; the repeats of ours and plain torch alternate, so that load from
-other processes hits both alike. The Keras core path loops over images in Python (about 50 img/s
-per layer), so it gets fewer batches. This is a benchmark, not a test: it prints one
-table and asserts nothing.
+other processes hits both alike. The Keras core path loops over the images in
+Python (about 50 img/s per layer), so it gets fewer batches. This is a benchmark,
+not a test: it prints one table and asserts nothing.
 """
 
 import argparse

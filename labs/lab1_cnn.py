@@ -84,6 +84,27 @@ def preprocessing(inputs, normalization, augmentation):
 # ----------------------------------------------------------------------------
 # Architectures
 # ----------------------------------------------------------------------------
+def build_mlp(
+    input_shape,
+    num_classes,
+    normalization,
+    augmentation=None,
+    width=32,
+    dropout=0.3,
+    activation="relu",
+    name="mlp",
+):
+    """No convolutions: the dense baseline the original course started from."""
+    inputs = keras.Input(input_shape, name="image")
+    x = preprocessing(inputs, normalization, augmentation)
+    x = keras.layers.Flatten(name="flatten")(x)
+    for index, units in enumerate((16 * width, 8 * width), start=1):
+        x = keras.layers.Dense(units, activation=activation, name=f"dense{index}")(x)
+        x = keras.layers.Dropout(dropout, name=f"dense{index}_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="softmax")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
 def build_baseline(
     input_shape,
     num_classes,
@@ -212,6 +233,7 @@ def build_transfer(
 
 
 ARCHITECTURES = {
+    "mlp": build_mlp,
     "baseline": build_baseline,
     "vgg": build_vgg,
     "resnet": build_resnet,

@@ -319,11 +319,12 @@ def compile_model(model, learning_rate):
 
 
 def _fit(model, run, data, args, epochs, title, initial_rows=(), boundaries=()):
+    arrays = data.train_labels is not None  # else a stream that shuffles itself
     return training.fit(
         model, run, data.train, data.train_labels, validation_data=data.validation,
-        epochs=epochs, batch_size=args.batch_size if data.train_labels is not None
-        else None, patience=args.patience, title=title, initial_rows=initial_rows,
-        boundaries=boundaries,
+        epochs=epochs, batch_size=args.batch_size if arrays else None,
+        patience=args.patience, title=title, initial_rows=initial_rows,
+        boundaries=boundaries, shuffle=arrays,
     )
 
 
@@ -342,14 +343,21 @@ def _phase_row(phase, model, learning_rate, epochs, seconds, num_train):
 
 
 def build_model(mode, data, args):
-    """``(model, base, weights notice)`` for one mode: scratch ignores --weights."""
+    """``(model, base, weights notice, weights source)`` for one mode; scratch
+    ignores --weights."""
     keras.utils.set_random_seed(args.seed)
+    weights = "none" if mode == "scratch" else args.weights
     model, base, notice = transfer.build_transfer_model(
-        data.input_shape, len(data.class_names),
-        weights="none" if mode == "scratch" else args.weights,
+        data.input_shape, len(data.class_names), weights=weights,
         dropout=HYPERPARAMETERS["dropout"], min_size=args.image_size,
         train_base=mode == "scratch")
-    return model, base, SCRATCH_NOTICE if mode == "scratch" else notice
+    keras_weights, path, _ = transfer.resolve_weights(weights)
+    source = keras_weights or path or "none (random)"
+    if "download failed" in notice:
+        source = "none (random)"
+    if mode == "scratch":
+        return model, base, SCRATCH_NOTICE, source
+    return model, base, notice, source
 
 
 def train_mode(mode, model, base, run, data, args):
@@ -561,7 +569,7 @@ def save_weights(run, base):
     os.replace(temporary, run.path / "base.weights.h5")
 
 
-def run_one(mode, model, base, run, data, args, notice):
+def run_one(mode, model, base, run, data, args, notice, source):
     """Train, evaluate and write one mode's complete run directory."""
     keras.utils.set_random_seed(args.seed)
     figures, phases, unfrozen, rows = train_mode(mode, model, base, run, data, args)
@@ -572,7 +580,7 @@ def run_one(mode, model, base, run, data, args, notice):
                               run.plots / "gradcam.png", title)
     if data.skipped is not None:
         figures["skipped_files"] = data.skipped()
-    figures["weights"] = "none (scratch)" if mode == "scratch" else args.weights
+    figures["weights"] = source
     for row in phases:
         key = "phase1" if row["phase"].startswith(("1", "scratch")) else "phase2"
         figures[f"{key}_trainable_params"] = row["trainable"]
@@ -627,8 +635,8 @@ def run_compare(run, models, data, args):
         child.plots.mkdir(parents=True, exist_ok=True)
         child.write_config()
         print(f"\n=== mode {mode} -> {child.path}")
-        model, base, notice = models.pop(mode)
-        results[mode] = run_one(mode, model, base, child, data, args, notice)
+        model, base, notice, source = models.pop(mode)
+        results[mode] = run_one(mode, model, base, child, data, args, notice, source)
         del model, base
     boundary = results["finetune"][0].get("fine_tuning_starts_epoch")
     compare_plot(results, run.plots / "learning_curves.png",
@@ -786,8 +794,8 @@ def main(argv=None):
     if args.mode == "compare":
         metrics = run_compare(run, models, data, args)
     else:
-        model, base, _ = models.pop(args.mode)
-        metrics, _ = run_one(args.mode, model, base, run, data, args, notice)
+        model, base, _, source = models.pop(args.mode)
+        metrics, _ = run_one(args.mode, model, base, run, data, args, notice, source)
     print(f"\n{args.mode}: test accuracy {metrics['test_accuracy']:.3f}, "
           f"{time.perf_counter() - started:.0f} s")
     print(notice)

@@ -45,7 +45,7 @@ def check_run(out, metrics, epochs=2):
     assert {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(history[0])
 
 
-@pytest.mark.parametrize("arch", ["baseline", "vgg", "resnet"])
+@pytest.mark.parametrize("arch", ["mlp", "baseline", "vgg", "resnet"])
 def test_quick_run_per_arch(tmp_path, arch):
     out, metrics = run_lab(tmp_path, "--arch", arch)
     check_run(out, metrics)
