@@ -25,14 +25,9 @@ On torch, ``keras.ops.custom_gradient`` takes one output tensor, so the op packs
 import keras
 from keras import ops
 
+from kernels._shared import as_tensor as _tensor
+
 MASKED_SCORE = -1e9
-
-
-def _tensor(value, dtype=None):
-    """A tensor, never a Keras variable: tf.custom_gradient refuses functions that
-    read variables, and on TensorFlow ``ops.convert_to_tensor`` keeps a variable."""
-    value = ops.convert_to_tensor(value)
-    return ops.cast(value, dtype or value.dtype)
 
 
 def _masked_softmax(scores, mask):

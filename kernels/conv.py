@@ -19,25 +19,11 @@ filter applied to the upstream gradient.
 import keras
 from keras import ops
 
+from kernels._shared import as_tensor as _tensor
+from kernels._shared import standardize_data_format as _standardize_data_format
+
 SOBEL_X = [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]
 SOBEL_Y = [[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]]
-
-
-def _tensor(value, dtype=None):
-    """A tensor, never a Keras variable: tf.custom_gradient refuses functions that
-    read variables, and on TensorFlow ``ops.convert_to_tensor`` keeps a variable."""
-    value = ops.convert_to_tensor(value)
-    return ops.cast(value, dtype or value.dtype)
-
-
-def _standardize_data_format(data_format):
-    data_format = data_format or keras.config.image_data_format()
-    if data_format not in ("channels_last", "channels_first"):
-        raise ValueError(
-            "data_format must be 'channels_last' or 'channels_first', "
-            f"got {data_format!r}"
-        )
-    return data_format
 
 
 # Weight standardization ---------------------------------------------------------

@@ -24,24 +24,10 @@ import math
 import keras
 from keras import ops
 
+from kernels._shared import as_tensor as _tensor
+from kernels._shared import standardize_data_format as _standardize_data_format
+
 EPSILON = 1e-6
-
-
-def _tensor(value, dtype=None):
-    """A tensor, never a Keras variable: tf.custom_gradient refuses functions that
-    read variables, and on TensorFlow ``ops.convert_to_tensor`` keeps a variable."""
-    value = ops.convert_to_tensor(value)
-    return ops.cast(value, dtype or value.dtype)
-
-
-def _standardize_data_format(data_format):
-    data_format = data_format or keras.config.image_data_format()
-    if data_format not in ("channels_last", "channels_first"):
-        raise ValueError(
-            "data_format must be 'channels_last' or 'channels_first', "
-            f"got {data_format!r}"
-        )
-    return data_format
 
 
 def _windows(x, pool_size):

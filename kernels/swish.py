@@ -16,12 +16,7 @@ sums ``upstream * df/dbeta`` over every axis it was broadcast along.
 import keras
 from keras import ops
 
-
-def _tensor(value, dtype=None):
-    """A tensor, never a Keras variable: tf.custom_gradient refuses functions that
-    read variables, and on TensorFlow ``ops.convert_to_tensor`` keeps a variable."""
-    value = ops.convert_to_tensor(value)
-    return ops.cast(value, dtype or value.dtype)
+from kernels._shared import as_tensor as _tensor
 
 
 def reference_swish(x, beta):

@@ -26,6 +26,8 @@ import math
 import keras
 from keras import ops
 
+from kernels._shared import standardize_data_format as _standardize_data_format
+
 if keras.backend.backend() == "torch":
     import torch
     import torch.nn.functional as torch_functional
@@ -36,16 +38,6 @@ FLIP_MODES = (None, "horizontal", "vertical", "horizontal_and_vertical")
 
 # grid_sample's padding_mode for each Keras fill_mode ("wrap" pads circularly first).
 _TORCH_PADDING = {"constant": "zeros", "nearest": "border", "reflect": "reflection"}
-
-
-def _standardize_data_format(data_format):
-    data_format = data_format or keras.config.image_data_format()
-    if data_format not in ("channels_last", "channels_first"):
-        raise ValueError(
-            "data_format must be 'channels_last' or 'channels_first', "
-            f"got {data_format!r}"
-        )
-    return data_format
 
 
 def _check_options(interpolation, fill_mode):

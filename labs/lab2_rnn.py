@@ -475,6 +475,46 @@ def predictions_plot(panels, data, path, title):
     return plots.save(figure, path)
 
 
+def cell_color(cell):
+    return plots.CELL_COLORS[list(CELLS).index(cell) % len(plots.CELL_COLORS)]
+
+
+def comparison_bars(finished, data, path, title):
+    """plots/comparison.png: test metric, parameters, train and inference time."""
+    import matplotlib.pyplot as plt
+
+    key, label = headline_metric(data)
+    panels = {
+        label + (" (log scale)" if key == "mse" else ""): key,
+        "parameters (count)": "params",
+        "train time (s)": "train_seconds",
+        "inference (ms per sequence)": "inference_ms_per_sample",
+    }
+    names = [CELLS[cell] for cell in finished]
+    colors = [cell_color(cell) for cell in finished]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2))
+    for axis, (panel, name) in zip(axes, panels.items()):
+        values = [finished[cell][name] for cell in finished]
+        bars = axis.bar(names, values, color=colors)
+        axis.bar_label(bars, labels=[f"{value:.3g}" for value in values],
+                       fontsize=8)
+        if name == "mse":
+            axis.set_yscale("log")
+            axis.axhline(data.notes["baseline_mse"], color="black", linestyle="--",
+                         linewidth=1, label="mean predictor "
+                                            f"({data.notes['baseline_mse']:.3f})")
+            axis.legend(fontsize=8, loc="lower left")
+            axis.set_ylim(top=max(values + [data.notes["baseline_mse"]]) * 3)
+        else:
+            axis.margins(y=0.15)
+        axis.set_title(panel)
+        axis.set_ylabel(panel)
+        axis.set_xlabel("recurrent cell")
+        axis.grid(axis="y", alpha=0.3)
+    figure.suptitle(title)
+    return plots.save(figure, path)
+
+
 def cell_learning_curves(histories, data, path, title, best_epochs=None):
     """plots/learning_curves.png: loss and metric per epoch, every cell on one figure.
 
@@ -489,20 +529,25 @@ def cell_learning_curves(histories, data, path, title, best_epochs=None):
     for cell, rows in histories.items():
         if not rows:
             continue
-        color = plots.CELL_COLORS[list(CELLS).index(cell) % len(plots.CELL_COLORS)]
+        color = cell_color(cell)
         epochs = [row["epoch"] for row in rows]
+        best = (best_epochs or {}).get(cell)
         for axis, key in zip(axes, ("loss", metric)):
             axis.plot(epochs, [row.get(f"val_{key}") for row in rows], "o-",
-                      color=color, markersize=3, label=f"{CELLS[cell]} validation")
+                      color=color, markersize=3, label=f"{CELLS[cell]}")
             axis.plot(epochs, [row.get(key) for row in rows], "--", color=color,
-                      alpha=0.6, label=f"{CELLS[cell]} train")
-            best = (best_epochs or {}).get(cell)
-            if best:
-                axis.axvline(best, color=color, linestyle=":", alpha=0.8,
-                             label=f"{CELLS[cell]} best epoch ({best})")
+                      alpha=0.5)
+            if best and best <= len(rows):
+                axis.plot([best], [rows[best - 1].get(f"val_{key}")], "*",
+                          color=color, markersize=13, markeredgecolor="black")
         if len(epochs) < 16:
-            axes[0].set_xticks(epochs)
-            axes[1].set_xticks(epochs)
+            for axis in axes:
+                axis.set_xticks(epochs)
+    for axis in axes:
+        axis.plot([], [], "-", color="gray", label="validation (solid)")
+        axis.plot([], [], "--", color="gray", alpha=0.5, label="training (dashed)")
+        axis.plot([], [], "*", color="gray", markersize=11, markeredgecolor="black",
+                  label="best epoch (weights kept)")
     if data.task == "regression":
         axes[0].axhline(data.notes["baseline_mse"], color="black", linestyle="--",
                         linewidth=1, label=f"mean predictor "
@@ -516,7 +561,7 @@ def cell_learning_curves(histories, data, path, title, best_epochs=None):
         axis.set_ylabel(label)
         axis.set_title(label)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=8)
     figure.suptitle(title)
     return plots.save(figure, path)
 
@@ -702,14 +747,7 @@ def write_comparison(args, data, run, results, histories, predictions, sub_runs,
     finished = {cell: metrics for cell, metrics in results.items()
                 if metrics.get(key) is not None}
     if finished:
-        names = [CELLS[cell] for cell in finished]
-        plots.bar_chart(names, {
-            label: [finished[cell][key] for cell in finished],
-            "parameters (count)": [finished[cell]["params"] for cell in finished],
-            "train time (s)": [finished[cell]["train_seconds"] for cell in finished],
-            "inference (ms per sequence)": [
-                finished[cell]["inference_ms_per_sample"] for cell in finished],
-        }, run.plots / "comparison.png", title)
+        comparison_bars(finished, data, run.plots / "comparison.png", title)
     shown = {CELLS[cell]: values for cell, values in predictions.items()
              if values is not None}
     if shown:
