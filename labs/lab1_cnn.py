@@ -228,7 +228,7 @@ def build_transfer(
     if augmentation is not None:
         inputs = keras.Input(input_shape, name="image")
         model = keras.Model(inputs, model(augmentation(inputs)), name=name)
-    print(f"notice: {notice}")
+    print(notice if notice.startswith("notice") else f"notice: {notice}")
     return model
 
 

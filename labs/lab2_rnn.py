@@ -503,7 +503,7 @@ def comparison_bars(finished, data, path, title):
             axis.axhline(data.notes["baseline_mse"], color="black", linestyle="--",
                          linewidth=1, label="mean predictor "
                                             f"({data.notes['baseline_mse']:.3f})")
-            axis.legend(fontsize=8, loc="lower left")
+            axis.legend(fontsize=8, loc="upper right")
             axis.set_ylim(top=max(values + [data.notes["baseline_mse"]]) * 3)
         else:
             axis.margins(y=0.15)

@@ -101,9 +101,6 @@ class LabData:
     summary: dict = field(default_factory=dict)
     skipped: object = None        # callable -> number of unreadable files skipped
 
-    def batches_per_epoch(self, batch_size):
-        return math.ceil(self.num_train / batch_size)
-
 
 def _array_batches(x, y, batch_size):
     def batches():
@@ -604,6 +601,7 @@ def run_one(mode, model, base, run, data, args, notice, source):
 
 def compare_plot(results, path, boundary):
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for axis, key, label in ((axes[0], "val_accuracy", "validation accuracy"),
@@ -615,6 +613,7 @@ def compare_plot(results, path, boundary):
             axis.axvline(boundary, color="purple", linestyle="-.",
                          label="fine-tuning starts (finetune)")
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(label)
         axis.set_title(label)
         axis.grid(alpha=0.3)
@@ -694,7 +693,8 @@ def run_compare(run, models, data, args):
                          ("Modes", "\n".join(table) + "\n\nEach mode's model, "
                           "history, parameter table, confusion matrix and grad-CAM "
                           "are in its sub-folder; test_accuracy above is the best "
-                          "mode's."),
+                          "mode's. head and finetune share the seed, so their "
+                          "curves coincide until fine-tuning starts."),
                      ])
     return metrics
 

@@ -53,6 +53,13 @@ def test_quick_run_per_arch(tmp_path, arch):
     assert config["arch"] == arch and config["data"]["embedded"]
 
 
+def test_quick_transfer_runs_offline_with_a_notice(tmp_path, capsys):
+    out, metrics = run_lab(tmp_path, "--arch", "transfer", "--epochs", "1")
+    check_run(out, metrics, epochs=1)
+    assert "notice:" in capsys.readouterr().out
+    assert metrics["params"] > 20_000_000  # ResNet50V2 backbone
+
+
 def test_saved_model_reloads_with_safe_mode_and_predicts_the_same(tmp_path):
     out, _ = run_lab(
         tmp_path, "--augment", "basic", "--activation", "gelu", "--epochs", "1"

@@ -211,6 +211,8 @@ def test_gradient_helper_and_layer_choice(finetune_run):
                                [[2.0, -4.0, 6.0]])
     np.testing.assert_allclose(keras.ops.convert_to_numpy(value), [14.0])
     base = finetune_run["base"]
+    assert lab.RESNET50V2_COUNTS == {"blocks": len(transfer.residual_blocks(base)),
+                                     "layers": len(transfer.weighted_layers(base))}
     # at 32x32 the last block outputs are 1x1: the heat map uses a 4x4 one
     assert lab.gradcam_layer(base) == "conv3_block3_out"
     images = np.random.default_rng(0).random((2, 8, 8, 1)).astype("float32")
