@@ -56,9 +56,10 @@ name="resnet50v2_transfer", min_size=32, train_base=False) -> (model, base, noti
     Parameter counts for a per-phase table. ``non_trainable`` includes frozen
     weights and BatchNorm moving statistics.
 
-Without ImageNet weights (offline, nothing cached), the backbone is random: a head
-trained on a frozen random backbone learns little, while fine-tuning and training
-from scratch still learn. The notice says so.
+Without ImageNet weights (offline, nothing cached), the backbone is random: its
+features are weak (small and unnormalised, since the frozen BatchNorm layers hold
+their initial statistics), so a head trained on it learns slowly and accuracy is
+poor. The notice says so.
 """
 
 import hashlib
@@ -78,9 +79,9 @@ IMAGENET_HOST = "storage.googleapis.com"
 MIN_INPUT_SIZE = 32
 BLOCK_PATTERN = re.compile(r"^(conv\d+_block\d+)_")
 RANDOM_BACKBONE_NOTICE = (
-    "the backbone is RANDOM (not pretrained), so a head trained on the frozen "
-    "backbone learns little and its accuracy is poor; fine-tuning and training from "
-    "scratch still learn"
+    "the backbone is RANDOM (not pretrained), so its features are weak and accuracy "
+    "is poor in every mode (a head on a frozen random backbone learns slowly): the "
+    "run shows the mechanics of transfer learning, not its result"
 )
 
 _probe_results = {}

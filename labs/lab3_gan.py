@@ -102,10 +102,12 @@ HYPERPARAMETERS = {
         epochs=40, batch_size=64, learning_rate=2e-4, beta_1=0.5, beta_2=0.999,
         latent_dim=32, width=256, depth=2, critic_steps=1, penalty_weight=0.0),
     ("dcgan", "images"): dict(
-        epochs=40, batch_size=64, learning_rate=2e-4, beta_1=0.5, beta_2=0.999,
+        epochs=40, batch_size=64, learning_rate=1e-3, beta_1=0.5, beta_2=0.999,
+        final_learning_rate=0.1,
         latent_dim=32, width=32, depth=2, critic_steps=1, penalty_weight=0.0),
     ("wgan-gp", "images"): dict(
-        epochs=40, batch_size=64, learning_rate=2e-4, beta_1=0.5, beta_2=0.9,
+        epochs=40, batch_size=64, learning_rate=5e-4, beta_1=0.5, beta_2=0.9,
+        final_learning_rate=0.1,
         latent_dim=32, width=32, depth=2, critic_steps=3, penalty_weight=10.0),
 }
 RING = dict(
@@ -852,7 +854,7 @@ def progress_figures(run, data, frames, arch):
     figure, axes = plots.plt.subplots(1, len(chosen), figsize=(3.3 * len(chosen), 3.8),
                                       squeeze=False)
     for axis, (epoch, samples, logs) in zip(axes[0], chosen):
-        caption = f"epoch {epoch}\n{_frame_caption(data, logs)}"
+        caption = f"epoch {epoch}: {_frame_caption(data, logs)}"
         draw_samples(axis, data, samples, caption, columns=6)
         if axis is not axes[0][-1] and axis.get_legend():
             axis.get_legend().remove()
@@ -916,7 +918,9 @@ def train_architecture(args, argv, data, feature_extractor=None, reference=None)
     run = Run.create(LAB, args, argv)
     run.write_config(data=data.summary, hyperparameters=hyper)
     seed_everything(args.seed)
-    gan = make_gan(args.arch, data, hyper, feature_extractor, seed=args.seed)
+    steps_per_epoch = math.ceil(len(data.x_train) / hyper["batch_size"])
+    gan = make_gan(args.arch, data, hyper, feature_extractor, seed=args.seed,
+                   total_steps=hyper["epochs"] * steps_per_epoch)
     every = args.snapshot_every or max(1, hyper["epochs"] // 10)
     noise = keras.random.normal((SNAPSHOT_SAMPLES[data.kind], hyper["latent_dim"]),
                                 seed=args.seed + 7)

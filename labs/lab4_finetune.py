@@ -54,7 +54,7 @@ import numpy as np
 
 from common import cli, plots, training, transfer
 from common.cli import WorkbookError
-from common.runs import Run, atomic_write_text
+from common.runs import Run, atomic_write_text, seed_everything
 
 LAB = "lab4_finetune"
 MODES = ("scratch", "head", "finetune")
@@ -63,7 +63,7 @@ SCRATCH_NOTICE = ("mode scratch: every layer starts from random weights and trai
 
 HYPERPARAMETERS = {
     "epochs": 6,                 # total epochs per mode (finetune: head + fine-tune)
-    "batch_size": 64,            # images per step
+    "batch_size": 32,            # images per step
     "learning_rate": 1e-3,       # Adam, head phase and scratch
     "fine_tune_divisor": 10,     # --fine-tune-lr defaults to learning_rate / 10
     "unfreeze": 2,               # residual blocks unfrozen in phase 2
@@ -321,7 +321,7 @@ def _fit(model, run, data, args, epochs, title, initial_rows=(), boundaries=()):
         model, run, data.train, data.train_labels, validation_data=data.validation,
         epochs=epochs, batch_size=args.batch_size if arrays else None,
         patience=args.patience, title=title, initial_rows=initial_rows,
-        boundaries=boundaries, shuffle=arrays,
+        boundaries=boundaries, shuffle=arrays, checkpoint=False,
     )
 
 
@@ -342,7 +342,7 @@ def _phase_row(phase, model, learning_rate, epochs, seconds, num_train):
 def build_model(mode, data, args):
     """``(model, base, weights notice, weights source)`` for one mode; scratch
     ignores --weights."""
-    keras.utils.set_random_seed(args.seed)
+    seed_everything(args.seed)
     weights = "none" if mode == "scratch" else args.weights
     model, base, notice = transfer.build_transfer_model(
         data.input_shape, len(data.class_names), weights=weights,
@@ -568,7 +568,7 @@ def save_weights(run, base):
 
 def run_one(mode, model, base, run, data, args, notice, source):
     """Train, evaluate and write one mode's complete run directory."""
-    keras.utils.set_random_seed(args.seed)
+    seed_everything(args.seed)
     figures, phases, unfrozen, rows = train_mode(mode, model, base, run, data, args)
     title = f"ResNet50V2 {mode} on {args.dataset}"
     test_figures, samples, report = evaluate(model, run, data, title)
@@ -749,6 +749,11 @@ def parse_args(argv):
                              f"{HYPERPARAMETERS['digits_train_images']} for digits, "
                              "all for the others)")
     args = parser.parse_args(argv)
+    if args.resume:
+        parser.error("lab 4 cannot --resume: its phases (and --compare's modes) are "
+                     "separate fits that one checkpoint cannot tell apart, and a "
+                     "ResNet50V2 checkpoint per epoch costs more than the default "
+                     "run saves; start the same command again instead")
     if args.quick:
         args.epochs = min(args.epochs, 2)
     if args.image_size is None:
@@ -781,7 +786,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.mode != "scratch":
         transfer.resolve_weights(args.weights)  # a bad --weights fails before work
-    keras.utils.set_random_seed(args.seed)
+    seed_everything(args.seed)
     data = load_data(args)
     modes = MODES if args.mode == "compare" else (args.mode,)
     models = {mode: build_model(mode, data, args) for mode in modes}

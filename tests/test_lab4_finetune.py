@@ -230,6 +230,7 @@ def test_gradient_helper_and_layer_choice(finetune_run):
     (["--unfreeze", "0"], "--mode head"),
     (["--epochs", "2", "--head-epochs", "2"], "at least one fine-tuning epoch"),
     (["--image-size", "16"], "at least 32"),
+    (["--resume", "runs/somewhere"], "cannot --resume"),
 ])
 def test_usage_errors_exit_2(arguments, words, capsys):
     with pytest.raises(SystemExit) as error:

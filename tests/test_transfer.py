@@ -7,6 +7,7 @@ import pytest
 import common  # noqa: F401  (backend defaults)
 from common import transfer
 from common.cli import WorkbookError
+from common.runs import seed_everything
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def offline(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def digits_model():
-    keras.utils.set_random_seed(0)
+    seed_everything(0)
     model, base, notice = transfer.build_transfer_model((8, 8, 1), 10, weights="none")
     return model, base, notice
 
