@@ -66,17 +66,22 @@ def keras_ms(cell, x, y, args, threads, masked=False):
     import torch
 
     from common.runs import seed_everything
-    from labs.lab2_rnn import SequenceData, build_model
+    from labs.lab2_rnn import SequenceData, build_model, recurrent
 
     torch.set_num_threads(threads)
     seed_everything(0)
-    data = SequenceData("adding", "regression", x, y, x, y, x, y, source="bench")
-    model = build_model("3", cell, data, args.units, 3e-3)
     if masked:
         inputs = keras.Input(x.shape[1:])
-        masked_inputs = keras.layers.Masking(mask_value=-1.0)(inputs)
-        model = keras.Model(inputs, model(masked_inputs))
+        hidden = keras.layers.Masking(mask_value=-1.0)(inputs)
+        hidden = recurrent(cell, args.units, "first", return_sequences=True)(hidden)
+        hidden = recurrent(cell, args.units, "second",
+                           activation="relu" if cell == "simple" else "tanh")(hidden)
+        hidden = keras.layers.Dense(32, activation="relu")(hidden)
+        model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
         model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")
+    else:
+        data = SequenceData("adding", "regression", x, y, x, y, x, y, source="bench")
+        model = build_model("3", cell, data, args.units, 3e-3)
 
     def train_steps():
         model.fit(x, y, batch_size=args.batch_size, epochs=1, shuffle=False,

@@ -39,12 +39,14 @@ import argparse
 import contextlib
 import cProfile
 import io
+import json
 import math
 import os
 import platform
 import pstats
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,12 +66,14 @@ from common import training  # noqa: E402
 from common.runs import seed_everything  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_THREADS = torch.get_num_threads()
 COMMAND = "python -m bench.train_step"
 MODELS = ("lab1_digits", "lab1_32px", "lab2_lstm", "lab2_gru", "lab3_dcgan")
 SIZES = {  # training / validation samples the bench uses (the step is the lab's)
-    "lab1_32px": (768, 256),
-    "lab2_lstm": (2048, 256),
-    "lab2_gru": (2048, 256),
+    "lab1_32px": (384, 128),
+    "lab2_lstm": (1024, 256),
+    "lab2_gru": (1024, 256),
+    "lab3_dcgan": (640, None),  # a subset of the digits training images
 }
 ADAM_EPSILON = 1e-7  # keras.optimizers.Adam's default (torch's is 1e-8)
 BN_EPSILON = 1e-3  # keras.layers.BatchNormalization's default (torch's is 1e-5)
@@ -91,9 +95,10 @@ class Clock(keras.callbacks.Callback):
     dispatch (it turns off asynchronous batch callbacks).
     """
 
-    def __init__(self):
+    def __init__(self, window=None):
         super().__init__()
         self.epochs = []
+        self.window = window  # (epoch, first tick, last tick, start, stop)
 
     @staticmethod
     def now():
@@ -104,6 +109,12 @@ class Clock(keras.callbacks.Callback):
 
     def tick(self):
         self.epochs[-1].append(self.now())
+        if self.window and len(self.epochs) - 1 == self.window[0]:
+            ticks = len(self.epochs[-1]) - 1
+            if ticks == self.window[1]:
+                self.window[3]()
+            elif ticks == self.window[2]:
+                self.window[4]()
 
     def step_ms(self, which=0):
         """Median time between consecutive step ends within an epoch."""
@@ -217,8 +228,17 @@ def batches(count, batch_size):
     return [slice(start, start + batch_size) for start in range(0, count, batch_size)]
 
 
-def to_nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
+def memory_format(args):
+    """The torch side's image layout: channels_last (PyTorch's advice on CPU, and
+    what Keras's own conv asks for) or plain NCHW-contiguous."""
+    return {"channels_last": torch.channels_last,
+            "nchw": torch.contiguous_format}[args.torch_layout]
+
+
+def to_nchw(x, layout=torch.contiguous_format):
+    """NHWC numpy images as an NCHW torch tensor in the given memory format."""
+    return torch.from_numpy(np.transpose(x, (0, 3, 1, 2))).contiguous(
+        memory_format=layout)
 
 
 def weight(variable):
@@ -327,11 +347,12 @@ def lab1_case(name, args):
     y_train_onehot = keras.utils.to_categorical(y_train, num_classes)
     y_val_onehot = keras.utils.to_categorical(y_val, num_classes)
     mean, variance = x_train.mean(axis=(0, 1, 2)), x_train.var(axis=(0, 1, 2))
+    layout = memory_format(args)
     module = TorchBaseline(input_shape[-1], num_classes, mean, variance,
-                           hyper["width"], hyper["dropout"])
+                           hyper["width"], hyper["dropout"]).to(memory_format=layout)
     optimizer = torch_adam(module.parameters(), hyper["learning_rate"])
-    x_t, y_t = to_nchw(x_train), torch.from_numpy(y_train.astype("int64"))
-    xv_t, yv_t = to_nchw(x_val), torch.from_numpy(y_val.astype("int64"))
+    x_t, y_t = to_nchw(x_train, layout), torch.from_numpy(y_train.astype("int64"))
+    xv_t, yv_t = to_nchw(x_val, layout), torch.from_numpy(y_val.astype("int64"))
 
     def train_step(x, y):
         logits = module(x)
@@ -356,7 +377,7 @@ def lab1_case(name, args):
         expected = keras.ops.convert_to_numpy(model(probe, training=False))
         torch_module.eval()
         with torch.no_grad():
-            got = torch.softmax(torch_module(to_nchw(probe)), dim=1).numpy()
+            got = torch.softmax(torch_module(to_nchw(probe, layout)), dim=1).numpy()
         return float(np.max(np.abs(expected - got)))
 
     return Case(
@@ -613,6 +634,7 @@ def lab3_case(name, args):
     from labs import lab3_gan
 
     data = lab3_gan.load_data("digits", seed=0, quick=False)
+    data.x_train = data.x_train[: SIZES[name][0]]
     hyper = dict(lab3_gan.HYPERPARAMETERS[("dcgan", "images")])
     batch_size = hyper["batch_size"]
     image_shape = data.sample_shape
@@ -633,9 +655,13 @@ def lab3_case(name, args):
         return [lab3_gan.StopWhenNotFinite(),
                 lab3_gan.Snapshots(noise, max(1, hyper["epochs"] // 10))]
 
-    generator = TorchGenerator(hyper["latent_dim"], image_shape, hyper["width"])
-    discriminator = TorchDiscriminator(image_shape, hyper["width"])
-    features = TorchFeatures(image_shape, lab3_gan.CLASSIFIER["feature_dim"]).eval()
+    layout = memory_format(args)
+    generator = TorchGenerator(hyper["latent_dim"], image_shape, hyper["width"]).to(
+        memory_format=layout)
+    discriminator = TorchDiscriminator(image_shape, hyper["width"]).to(
+        memory_format=layout)
+    features = TorchFeatures(image_shape, lab3_gan.CLASSIFIER["feature_dim"]).to(
+        memory_format=layout).eval()
     modules = nn.ModuleDict(dict(generator=generator, discriminator=discriminator))
     betas = dict(beta_1=hyper["beta_1"], beta_2=hyper["beta_2"])
     g_optimizer = torch_adam(generator.parameters(), hyper["learning_rate"], **betas)
@@ -644,7 +670,7 @@ def lab3_case(name, args):
     g_weights = list(generator.parameters())
     d_weights = list(discriminator.parameters())
     bce = nn.BCEWithLogitsLoss()
-    x_t, xv_t = to_nchw(data.x_train), to_nchw(data.x_val)
+    x_t, xv_t = to_nchw(data.x_train, layout), to_nchw(data.x_val, layout)
     latent_dim = hyper["latent_dim"]
 
     def update(loss, weights, optimizer):
@@ -683,7 +709,7 @@ def lab3_case(name, args):
         expected = keras.ops.convert_to_numpy(gan.generator(noise, training=False))
         with torch.no_grad():
             got = generator(torch.from_numpy(noise)).numpy().transpose(0, 2, 3, 1)
-            scores = discriminator(to_nchw(data.x_val[:batch_size])).numpy()
+            scores = discriminator(to_nchw(data.x_val[:batch_size], layout)).numpy()
         expected_scores = keras.ops.convert_to_numpy(
             gan.discriminator(data.x_val[:batch_size], training=False))
         return float(max(np.max(np.abs(expected - got)),
@@ -735,7 +761,7 @@ def checked_pair(case):
 
 
 def set_threads(case, args):
-    threads = args.threads or case.threads or torch.get_num_threads()
+    threads = args.threads or case.threads or DEFAULT_THREADS
     torch.set_num_threads(threads)
     return threads
 
@@ -782,8 +808,10 @@ def clock_text(values):
 # ----------------------------------------------------------------------------
 def machine_line(threads_text):
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset")
     return (f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch "
-            f"threads {threads_text}, load average {load} (1/5/15 min); Python "
+            f"threads {threads_text}, OMP_WAIT_POLICY {policy}, load average {load} "
+            f"(1/5/15 min); Python "
             f"{platform.python_version()}, keras {keras.__version__}, torch "
             f"{torch.__version__}, numpy {np.__version__}, backend "
             f"{keras.backend.backend()}")
@@ -872,6 +900,7 @@ def plain_fit(case, model, clock, epochs, verbose=0, callbacks=(), feed="arrays"
                 loader = torch.utils.data.DataLoader(prebatched, batch_size=None,
                                                      shuffle=True)
             x, y, batch_size = loader, None, None
+            kwargs.setdefault("shuffle", False)  # the loader shuffles
     instrument(model, clock)
     model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
               callbacks=[clock, *callbacks], validation_data=validation,
@@ -913,6 +942,22 @@ def experiment_variants(case, run):
     if image:
         variants.append(("  + channels_first model and NCHW data",
                          {"channels_first": True}, direct(feed="channels_first")))
+
+    def patched(*names):
+        def runner(model, clock, epochs):
+            with keras_patched(*names):
+                lab(model, clock, epochs)
+        return runner
+
+    if case.name.startswith("lab2"):
+        what_if = [("fused LSTM/GRU kernels on CPU", ("rnn",))]
+    else:
+        what_if = [("pooling without the NCHW copy (keras PR #23645)", ("pool",)),
+                   ("conv with one layout copy (keras PR #23199)", ("conv",)),
+                   ("fused torch batch_norm", ("batch_norm",)),
+                   ("all three", ("pool", "conv", "batch_norm"))]
+    variants += [(f"what-if, lab path + {label}", {}, patched(*names))
+                 for label, names in what_if]
     return variants
 
 
@@ -921,6 +966,10 @@ def run_experiments(name, args, argv, scratch):
     threads = set_threads(case, args)
     run = BenchRun(scratch / name)
     variants = experiment_variants(case, run)
+    if args.variants:
+        words = [word.strip() for word in args.variants.split(",") if word.strip()]
+        variants = [variant for variant in variants
+                    if any(word in variant[0] for word in words)]
     models = []
     for label, build_kwargs, _ in variants:
         seed_everything(0)
@@ -979,6 +1028,29 @@ def run_experiments(name, args, argv, scratch):
             f"{value:.1f} | {value / base:.2f}x"
             for value, base in zip(medians, reference)) + " |")
     print(f"| steps_per_execution=2 | {spe} |" + " |" * 7)
+    saves = checkpoint_ms(case, run)
+    print()
+    print(f"per-epoch checkpoint (InterruptSafeBackup, double_checkpoint): "
+          f"{saves[0]:.1f} ms wall, {saves[1]:.1f} ms CPU per save (median of 7)")
+
+
+def checkpoint_ms(case, run, repeats=7):
+    """Wall and CPU ms of one end-of-epoch save of the workbook's backup callback."""
+    from common.callbacks import InterruptSafeBackup
+
+    seed_everything(0)
+    model = case.build_keras()
+    backup = InterruptSafeBackup(str(run.path / "backup_timing"),
+                                 double_checkpoint=True)
+    backup.set_model(model)
+    timings = []
+    for epoch in range(repeats + 1):
+        wall, cpu = time.perf_counter(), time.process_time()
+        backup.on_epoch_end(epoch)
+        if epoch:
+            timings.append((time.perf_counter() - wall, time.process_time() - cpu))
+    shutil.rmtree(run.path / "backup_timing", ignore_errors=True)
+    return [1000.0 * statistics.median(column) for column in zip(*timings)]
 
 
 def steps_per_execution_check():
@@ -995,47 +1067,262 @@ def steps_per_execution_check():
 
 
 # ----------------------------------------------------------------------------
+# --threads-experiment: thread count and OpenMP wait policy, fresh processes
+# ----------------------------------------------------------------------------
+THREAD_SETTINGS = (("1", None), ("2", None), ("2", "PASSIVE"), ("1", "PASSIVE"))
+
+
+def run_threads_experiment(name, args, argv):
+    """Each setting in its own process (OMP_WAIT_POLICY is read at torch import).
+
+    Every child runs the usual interleaved warm-up + one Keras/torch pair; the
+    settings rotate from round to round so that they share the machine's load.
+    """
+    results = {setting: [] for setting in THREAD_SETTINGS}
+    for repeat in range(args.repeats):
+        shift = repeat % len(THREAD_SETTINGS)
+        for threads, policy in THREAD_SETTINGS[shift:] + THREAD_SETTINGS[:shift]:
+            environment = dict(os.environ)
+            environment.pop("OMP_WAIT_POLICY", None)
+            if policy:
+                environment["OMP_WAIT_POLICY"] = policy
+            command = [sys.executable, "-m", "bench.train_step", "--models", name,
+                       "--repeats", "1", "--epochs", str(args.epochs), "--threads",
+                       threads, "--torch-layout", args.torch_layout, "--json"]
+            child = subprocess.run(command, cwd=ROOT, env=environment, text=True,
+                                   capture_output=True, timeout=900)
+            lines = [line for line in child.stdout.splitlines()
+                     if line.startswith("JSON ")]
+            if child.returncode or not lines:
+                print(f"  {threads} thread(s), {policy}: failed "
+                      f"({child.stderr.strip().splitlines()[-1:]})")
+                continue
+            row = json.loads(lines[-1][5:])[0]
+            results[(threads, policy)].append(row)
+            wall = row["figures"][0]
+            print(f"  round {repeat + 1}: {threads} thread(s), OMP_WAIT_POLICY "
+                  f"{policy or 'unset'}: Keras {wall[0]:.1f}, torch {wall[1]:.1f} "
+                  f"ms/step, load {row['load']:.1f}", flush=True)
+    print()
+    print(f"{name}: torch threads and OpenMP wait policy, one process per "
+          f"measurement, median of {args.repeats} rounds (settings rotated)")
+    print(f"command: {command_line(argv)}")
+    print(machine_line("see table"))
+    print()
+    print("| torch threads | OMP_WAIT_POLICY | Keras wall ms/step | torch wall ms/step "
+          "| ratio | Keras CPU ms/step | torch CPU ms/step | load |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (threads, policy), rows in results.items():
+        if not rows:
+            print(f"| {threads} | {policy or 'unset'} | failed |" + " |" * 5)
+            continue
+        wall = [statistics.median(row["figures"][0][i] for row in rows)
+                for i in range(2)]
+        cpu = [statistics.median(row["figures"][1][i] for row in rows)
+               for i in range(2)]
+        ratio = statistics.median(row["figures"][0][2] for row in rows)
+        load = statistics.median(row["load"] for row in rows)
+        print(f"| {threads} | {policy or 'unset'} | {wall[0]:.1f} | {wall[1]:.1f} | "
+              f"{ratio:.2f}x | {cpu[0]:.1f} | {cpu[1]:.1f} | {load:.1f} |")
+
+
+# ----------------------------------------------------------------------------
+# What-if: Keras torch-backend changes (upstream PRs), patched in this process
+# for one experiment at a time. Evidence of where the gap is; not for the labs.
+# ----------------------------------------------------------------------------
+def _channels_last_view(inputs):
+    """NHWC -> an NCHW view with channels_last strides: no copy."""
+    from keras.src.backend.torch.core import convert_to_tensor
+
+    return convert_to_tensor(inputs).permute(0, 3, 1, 2).contiguous(
+        memory_format=torch.channels_last)
+
+
+def _nhwc(data_format, inputs):
+    return (keras.backend.standardize_data_format(data_format) == "channels_last"
+            and len(inputs.shape) == 4)
+
+
+def _patch_pool():
+    """keras PR #23645: pooling keeps channels_last instead of an NCHW copy."""
+    from keras.src.backend.torch import nn as torch_nn
+
+    original = torch_nn.max_pool
+
+    def max_pool(inputs, pool_size, strides=None, padding="valid", data_format=None):
+        if not _nhwc(data_format, inputs):
+            return original(inputs, pool_size, strides, padding, data_format)
+        outputs = original(_channels_last_view(inputs), pool_size, strides, padding,
+                           "channels_first")
+        return outputs.permute(0, 2, 3, 1)
+
+    return [(torch_nn, "max_pool", max_pool)]
+
+
+def _patch_conv():
+    """keras PR #23199: one layout conversion per conv input instead of two."""
+    from keras.src.backend.torch import nn as torch_nn
+
+    original = torch_nn.conv
+
+    def conv(inputs, kernel, strides=1, padding="valid", data_format=None,
+             dilation_rate=1):
+        if not _nhwc(data_format, inputs):
+            return original(inputs, kernel, strides, padding, data_format,
+                            dilation_rate)
+        outputs = original(_channels_last_view(inputs), kernel, strides, padding,
+                           "channels_first", dilation_rate)
+        return outputs.permute(0, 2, 3, 1)
+
+    return [(torch_nn, "conv", conv)]
+
+
+def _patch_batch_norm():
+    """BatchNormalization in training through torch's fused batch_norm kernel."""
+    from keras.src.layers.normalization.batch_normalization import (
+        BatchNormalization,
+    )
+
+    original = BatchNormalization.call
+
+    def call(self, inputs, training=None, mask=None):
+        if (mask is not None or self.renorm or not (training and self.trainable)
+                or len(inputs.shape) != 4 or self.axis not in (-1, 3)):
+            return original(self, inputs, training=training, mask=mask)
+        outputs = F.batch_norm(
+            _channels_last_view(inputs), self.moving_mean.value,
+            self.moving_variance.value, self.gamma.value, self.beta.value,
+            training=True, momentum=1.0 - self.momentum, eps=self.epsilon)
+        return outputs.permute(0, 2, 3, 1)
+
+    return [(BatchNormalization, "call", call)]
+
+
+def _patch_rnn():
+    """LSTM/GRU on CPU through torch's fused kernels (Keras uses them on CUDA)."""
+    from keras.src import backend as keras_backend
+    from keras.src.backend.torch import rnn
+    from keras.src.backend.torch.core import convert_to_tensor
+
+    original_lstm, original_gru = keras_backend.lstm, keras_backend.gru
+
+    def fused_ok(activation, recurrent_activation, unroll, bias, mask, backwards):
+        from keras.src import activations
+
+        return (mask is None and not unroll and not backwards and bias is not None
+                and activation in (activations.tanh, torch.tanh, keras.ops.tanh)
+                and recurrent_activation in (activations.sigmoid, torch.sigmoid,
+                                             keras.ops.sigmoid))
+
+    def lstm(inputs, initial_state_h, initial_state_c, mask, kernel,
+             recurrent_kernel, bias, activation, recurrent_activation,
+             return_sequences=False, go_backwards=False, unroll=False,
+             batch_first=True):
+        if not (batch_first and fused_ok(activation, recurrent_activation, unroll,
+                                         bias, mask, go_backwards)):
+            return original_lstm(inputs, initial_state_h, initial_state_c, mask,
+                                 kernel, recurrent_kernel, bias, activation,
+                                 recurrent_activation, return_sequences,
+                                 go_backwards, unroll, batch_first)
+        inputs = convert_to_tensor(inputs)
+        return rnn._cudnn_lstm(
+            inputs, convert_to_tensor(initial_state_h),
+            convert_to_tensor(initial_state_c), convert_to_tensor(kernel),
+            convert_to_tensor(recurrent_kernel), convert_to_tensor(bias),
+            return_sequences=return_sequences, device=inputs.device)
+
+    def gru(inputs, initial_state, mask, kernel, recurrent_kernel, bias, activation,
+            recurrent_activation, return_sequences=False, go_backwards=False,
+            unroll=False, reset_after=True):
+        if not (reset_after and fused_ok(activation, recurrent_activation, unroll,
+                                         bias, mask, go_backwards)):
+            return original_gru(inputs, initial_state, mask, kernel,
+                                recurrent_kernel, bias, activation,
+                                recurrent_activation, return_sequences,
+                                go_backwards, unroll, reset_after)
+        inputs = convert_to_tensor(inputs)
+        return rnn._cudnn_gru(
+            inputs, convert_to_tensor(initial_state), convert_to_tensor(kernel),
+            convert_to_tensor(recurrent_kernel), convert_to_tensor(bias),
+            return_sequences=return_sequences, device=inputs.device)
+
+    return [(keras_backend, "lstm", lstm), (keras_backend, "gru", gru)]
+
+
+WHAT_IF = {"pool": _patch_pool, "conv": _patch_conv, "batch_norm": _patch_batch_norm,
+           "rnn": _patch_rnn}
+
+
+@contextlib.contextmanager
+def keras_patched(*names):
+    """Swap in the named what-if patches for the duration of the block."""
+    saved = []
+    try:
+        for name in names:
+            for owner, attribute, replacement in WHAT_IF[name]():
+                saved.append((owner, attribute, owner.__dict__[attribute]))
+                setattr(owner, attribute, replacement)
+        yield
+    finally:
+        for owner, attribute, value in reversed(saved):
+            setattr(owner, attribute, value)
+
+
+# ----------------------------------------------------------------------------
 # --profile: where the Keras step's time goes
 # ----------------------------------------------------------------------------
 def run_profile(name, args, argv, scratch):
+    """torch.profiler and cProfile over steps 2..N of a second epoch, both sides."""
     from torch.profiler import ProfilerActivity, profile
 
     case = make_case(name, args)
     threads = set_threads(case, args)
     model, _ = checked_pair(case)
     run = BenchRun(scratch / name)
-    lab_fit(case, model, run, Clock(), 1)  # warm-up
-    case.torch_loop.run(Clock(), 1)
-    sections = []
-    for label, work in (
-        ("Keras (common.training.fit, 1 epoch incl. validation and callbacks)",
-         lambda: lab_fit(case, model, run, Clock(), 1)),
-        ("torch loop (1 epoch incl. validation)",
-         lambda: case.torch_loop.run(Clock(), 1)),
-    ):
-        with profile(activities=[ProfilerActivity.CPU]) as profiler:
-            work()
-        table = profiler.key_averages().table(sort_by="self_cpu_time_total",
-                                              row_limit=20)
-        sections.append((f"torch.profiler, {label}, top 20 by self CPU time", table))
-    for label, work in (
-        ("Keras", lambda: lab_fit(case, model, run, Clock(), 1)),
-        ("torch loop", lambda: case.torch_loop.run(Clock(), 1)),
-    ):
+    lab_fit(case, model, run, Clock(), 2)  # warm-up
+    case.torch_loop.run(Clock(), 2)
+    steps = math.ceil(case.num_train / case.batch_size)
+    window = steps - 1  # step periods profiled: from the end of step 1 to the last
+
+    def keras_work(clock):
+        lab_fit(case, model, run, clock, 2)
+
+    def torch_work(clock):
+        case.torch_loop.run(clock, 2)
+
+    sections, totals = [], {}
+    for label, work in (("Keras (common.training.fit)", keras_work),
+                        ("torch loop", torch_work)):
+        profiler = profile(activities=[ProfilerActivity.CPU])
+        clock = Clock(window=(1, 1, steps, profiler.start, profiler.stop))
+        work(clock)
+        averages = profiler.key_averages()
+        total_ms = sum(event.self_cpu_time_total for event in averages) / 1000.0
+        totals[label] = total_ms / window
+        table = averages.table(sort_by="self_cpu_time_total", row_limit=20)
+        sections.append((
+            f"torch.profiler, {label}: {window} steady-state steps of epoch 2 "
+            f"(data, step, metrics, callbacks; no validation), top 20 by self CPU "
+            f"time; {total_ms / window:.1f} ms of op CPU time per step", table))
+    for label, work in (("Keras (common.training.fit)", keras_work),
+                        ("torch loop", torch_work)):
         profiler = cProfile.Profile()
-        profiler.enable()
-        work()
-        profiler.disable()
+        clock = Clock(window=(1, 1, steps, profiler.enable, profiler.disable))
+        work(clock)
         stream = io.StringIO()
-        pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(20)
-        text = "\n".join(line for line in stream.getvalue().splitlines()
-                         if line.strip())
-        sections.append((f"cProfile, {label}, 1 epoch, top 20 by own time", text))
+        stats = pstats.Stats(profiler, stream=stream)
+        stats.sort_stats("tottime").print_stats(20)
+        stats.sort_stats("cumulative").print_stats(25)
+        text = "\n".join(line.replace(str(ROOT / ".venv"), "<venv>").rstrip()
+                         for line in stream.getvalue().splitlines() if line.strip())
+        sections.append((f"cProfile, {label}: the same {window} steps, top 20 by own "
+                         "time, then top 25 by cumulative time", text))
     header = [
-        f"Profile of one training epoch: {case.title}",
+        f"Profile of the steady-state training step: {case.title}",
         f"command: {command_line(argv)}",
         machine_line(str(threads)),
-        f"steps per epoch: {math.ceil(case.num_train / case.batch_size)}",
+        "op CPU time per step (torch.profiler, sum of self times): " + ", ".join(
+            f"{label} {value:.1f} ms" for label, value in totals.items()),
     ]
     text = "\n".join(header) + "\n\n" + "\n\n".join(
         f"== {title} ==\n{body}" for title, body in sections) + "\n"
@@ -1060,11 +1347,21 @@ def parse_args(argv):
                         help="timed Keras/torch pairs per model (after a warm-up)")
     parser.add_argument("--epochs", type=int, default=2,
                         help="epochs per timed run (2+ for an epoch figure)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads for both sides (default: the "
-                             "lab's own setting, else torch's default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads for both sides; 0: each lab's "
+                             "own setting (lab 2: 1, others: torch's default)")
+    parser.add_argument("--torch-layout", choices=("channels_last", "nchw"),
+                        default="channels_last",
+                        help="memory format of the torch side's images")
     parser.add_argument("--experiments", metavar="MODEL", choices=MODELS,
                         help="time variants of the Keras path for MODEL")
+    parser.add_argument("--variants", default=None,
+                        help="--experiments: only the variants whose label holds "
+                             "one of these comma-separated words")
+    parser.add_argument("--threads-experiment", metavar="MODEL", choices=MODELS,
+                        help="MODEL at 1 and 2 threads, and 2 threads with "
+                             "OMP_WAIT_POLICY=PASSIVE, each in a fresh process")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", metavar="MODEL", choices=MODELS,
                         help="profile one epoch of MODEL, Keras and torch")
     parser.add_argument("--profile-out", default=None,
@@ -1079,8 +1376,8 @@ def parse_args(argv):
             parser.error(f"--{name} must be at least 1")
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (an epoch runs start to start)")
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be at least 1")
+    if args.threads < 0:
+        parser.error("--threads must be 0 (the labs' settings) or more")
     return args
 
 
@@ -1093,12 +1390,18 @@ def main(argv=None):
             return run_profile(args.profile, args, argv, scratch)
         if args.experiments:
             return run_experiments(args.experiments, args, argv, scratch)
+        if args.threads_experiment:
+            return run_threads_experiment(args.threads_experiment, args, argv)
         rows = []
         for name in args.model_list:
             case = make_case(name, args)
             print(f"measuring {case.title} ...", flush=True)
             rows.append(measure(case, args, scratch))
         print_table(rows, args, argv)
+        if args.json:
+            print("JSON " + json.dumps([
+                {"model": row["case"].name, "threads": row["threads"],
+                 "load": row["load"], "figures": row["figures"]} for row in rows]))
         return rows
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -148,7 +148,10 @@ def resolve_weights(weights):
     if choice in ("imagenet", "auto"):
         cached = cached_imagenet_file()
         if cached is not None:
-            return "imagenet", None, f"weights: ImageNet, from the Keras cache {cached}"
+            notice = f"weights: ImageNet, from the Keras cache {cached}"
+            if cached == imagenet_cache_paths()[0]:
+                return "imagenet", None, notice
+            return None, str(cached), notice  # a cache Keras itself would not look in
         if _imagenet_reachable():
             return (
                 "imagenet",

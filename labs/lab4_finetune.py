@@ -24,23 +24,35 @@ runs inside the model (common/transfer.py); the data code only scales to [0, 1].
 
 Weights (``--weights``, default auto): imagenet (from the Keras cache or a download),
 auto (imagenet when available, else random with a notice), none, or PATH: a backbone
-weights file; every run writes its fine-tuned backbone as ``base.weights.h5`` (and
-the whole model as model.keras), so a later run can start from it with
-``--weights runs/.../base.weights.h5``.
+weights file. Every run writes its trained backbone as ``base.weights.h5`` (95 MB)
+besides model.keras (the whole model with its optimizer state, about 170 MB), and
+``--weights runs/.../base.weights.h5`` starts a later run from it, on any dataset
+(the head is always new). A whole model's file is refused with that remedy.
 
-Offline there are no ImageNet weights, and the default run says so in one line: the
-backbone is random, so the frozen-backbone head learns little (poor accuracy in
-``--mode head``); fine-tuning and training from scratch still learn. The real
-transfer-learning result needs ``--weights imagenet`` and the course dataset.
+Offline there are no ImageNet weights, and the run says so in one line: the backbone
+is random, its features are weak (small and unnormalised: the frozen BatchNorm
+layers keep their initial statistics), so accuracy is poor in every mode and the
+run shows the mechanics, not the result, of transfer learning. ``--mode scratch``
+also needs far more steps than the default for its BatchNorm moving statistics to
+catch up (training accuracy rises long before validation accuracy does). The real
+result needs ``--weights imagenet`` and tf_flowers (the course reached 0.93).
 
 Data: ``tf_flowers`` is the course's dataset (3,670 photos, 5 classes, through tfds:
-streamed with tf.data, resized in the pipeline, 80/10/10 split). ``folder:PATH``
-(one sub-folder per class, e.g. dog breeds) streams through a Keras PyDataset with
-Pillow, skipping unreadable files. The offline default is the embedded ``digits``
-(8x8 grayscale, upsampled to 32x32 RGB inside the model, ResNet50V2's minimum).
+streamed with tf.data, resized in the pipeline, 80/10/10 split of its one split).
+``folder:PATH`` (one sub-folder per class, e.g. dog breeds) streams through a Keras
+PyDataset with Pillow, skipping (and counting) unreadable files. Both default to
+128x128 images, 16 times the CPU cost of 32x32: on a CPU add e.g.
+``--image-size 64 --train-images 500``. The offline default is the embedded
+``digits`` (8x8 grayscale, upsampled to 32x32 RGB inside the model, the minimum).
 
-Measured (offline default, ``python -m labs.lab4_finetune``, 2-core CPU shared with
-other jobs, load average about 4; torch 2.13 CPU, Keras 3.15): see MEASURED below.
+Heat maps (plots/gradcam.png) are grad-CAM: channel weights from the gradient of the
+class logit w.r.t. a block's output (``gradient_of`` is the one backend-specific
+helper). At 32x32 the last block outputs are 1x1, so the deepest 4x4 one is used.
+
+``--resume`` is refused: the phases (and --compare's modes) are separate fits.
+
+Measured (2-core CPU shared with four other jobs, torch 2.13 CPU, Keras 3.15.1):
+MEASURED_FIGURES
 """
 
 import argparse

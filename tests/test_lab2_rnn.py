@@ -178,6 +178,7 @@ def test_imdb_reviews_under_tfds_mock_data(tmp_path):
     (["--dataset", "cifar10"], "unknown --dataset 'cifar10'"),
     (["--compare", "--cell", "lstm"], "leave out --cell"),
     (["--dataset", "digits", "--seq-len", "20"], "always read as 8 rows"),
+    (["--compare", "--resume", "runs/x"], "cannot be resumed as a whole"),
 ])
 def test_bad_values_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as raised:

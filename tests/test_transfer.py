@@ -62,8 +62,13 @@ def test_a_corrupt_cached_file_does_not_count(offline, tmp_path):
 
 
 def test_imagenet_when_cached_or_reachable(monkeypatch, tmp_path):
-    monkeypatch.setattr(transfer, "cached_imagenet_file", lambda: tmp_path / "w.h5")
+    keras_cache = transfer.imagenet_cache_paths()[0]
+    monkeypatch.setattr(transfer, "cached_imagenet_file", lambda: keras_cache)
     assert transfer.resolve_weights("imagenet")[:2] == ("imagenet", None)
+    # found where Keras itself would not look: loaded as a local file
+    elsewhere = tmp_path / transfer.IMAGENET_FILE
+    monkeypatch.setattr(transfer, "cached_imagenet_file", lambda: elsewhere)
+    assert transfer.resolve_weights("auto")[:2] == (None, str(elsewhere))
     monkeypatch.setattr(transfer, "cached_imagenet_file", lambda: None)
     monkeypatch.setattr(transfer, "_imagenet_reachable", lambda timeout=3.0: True)
     keras_weights, _, notice = transfer.resolve_weights("auto")
