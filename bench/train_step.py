@@ -1139,7 +1139,9 @@ def _channels_last_view(inputs):
 
 
 def _nhwc(data_format, inputs):
-    return (keras.backend.standardize_data_format(data_format) == "channels_last"
+    from keras.src.backend import standardize_data_format
+
+    return (standardize_data_format(data_format) == "channels_last"
             and len(inputs.shape) == 4)
 
 

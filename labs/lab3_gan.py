@@ -20,12 +20,16 @@ How it is built: the tensor math is ``keras.ops``; the only backend-specific cod
 is :func:`value_and_gradients` (PyTorch autograd), which also takes the gradient
 penalty's gradient of the critic with respect to its inputs with
 ``create_graph=True``, so that the penalty itself can be differentiated. Another
-backend is one new version of that function. Training goes through the
-workbook's ``common.training.fit``: the GAN's validation "loss" is defined as a
-distance between generated and held-out real data (see below), so the shared
-EarlyStopping keeps the best epoch by sample quality; by default it never stops
-early (``--patience`` turns that on), because GAN quality is noisy from epoch to
-epoch.
+backend is one new version of that function. Each network is updated only by its
+own optimizer with gradients of its own weights (``torch.autograd.grad``, not
+``backward()``, so nothing accumulates in the other network's ``.grad``). Both
+learning rates decay (cosine) over the run, which lets the generator settle into
+sharp modes. Training goes through the workbook's ``common.training.fit``: the
+GAN's validation "loss" is a distance between generated and held-out real data
+(see below), so the shared EarlyStopping keeps the best epoch by sample quality;
+by default it never stops early (``--patience`` turns that on), because GAN
+quality is noisy from epoch to epoch. ``--resume RUN_DIR`` continues an
+interrupted run (both networks and both optimizers are checkpointed each epoch).
 
 Data (``--dataset``):
 
@@ -182,12 +186,18 @@ def load_data(name, seed, quick):
         return GanData("ring", "ring", x_train, x_val, x_test, y_train, y_val,
                        y_test, [f"mode {k}" for k in range(RING["num_modes"])],
                        summary)
-    images = load_images(name, seed=seed, quick=quick)
-    if len(images.x_train) < 2:
+    folder_size = 32 if name.startswith("folder:") else None  # folders: 32x32
+    images = load_images(name, seed=seed, quick=quick, image_size=folder_size)
+    if len(images.x_train) < 32:
         raise cli.WorkbookError(
-            f"the dataset {name!r} has {len(images.x_train)} training image(s); a "
-            "GAN needs at least a few hundred. Use --dataset digits.")
+            f"the dataset {name!r} has {len(images.x_train)} training images; a GAN "
+            "needs at least a few hundred. Use --dataset digits.")
     size = _gan_image_size(*images.input_shape[:2])
+    if max(size) > 64:
+        raise cli.WorkbookError(
+            f"the images of {name!r} are {size[0]}x{size[1]} pixels, too large for "
+            "this lab's small CPU GANs (at most 64x64). Resize them, or use "
+            "--dataset digits, mnist or fashion_mnist.")
     summary = images.describe()
     summary.update({"gan_image_shape": [*size, images.input_shape[2]],
                     "pixel_range": "[-1, 1]"})
@@ -718,15 +728,21 @@ def train_feature_classifier(data, quick, seed):
                    validation_data=(data.x_val, data.y_val), verbose=0)
     _, accuracy = classifier.evaluate(data.x_test, data.y_test, verbose=0)
     extractor = feature_extractor_from(classifier)
-    real_features, probabilities = extractor.predict(data.x_test, verbose=0)
-    reference_features, _ = extractor.predict(data.x_train[:len(data.x_test)],
-                                              verbose=0)
-    floor = FrechetDistance(CLASSIFIER["feature_dim"])
-    floor.update_state(real_features, reference_features)
+    train_features, _ = extractor.predict(data.x_train, verbose=0)
+
+    def floor(images):
+        """FD between ``images`` and as many training images: real vs real."""
+        features, _ = extractor.predict(images, verbose=0)
+        metric = FrechetDistance(CLASSIFIER["feature_dim"])
+        metric.update_state(features, train_features[:len(images)])
+        return float(ops.convert_to_numpy(metric.result()))
+
+    _, probabilities = extractor.predict(data.x_test, verbose=0)
     figures = {
         "classifier_accuracy": float(accuracy),
         "classifier_confidence_real": float(np.mean(np.max(probabilities, -1))),
-        "frechet_distance_real": float(ops.convert_to_numpy(floor.result())),
+        "frechet_distance_real": floor(data.x_test),
+        "frechet_distance_real_validation": floor(data.x_val),
     }
     print(f"feature classifier: test accuracy {accuracy:.3f}")
     return extractor, figures
@@ -797,7 +813,7 @@ def draw_samples(axis, data, samples, title, columns=8):
     if data.kind == "ring":
         modes = ring_modes(RING["num_modes"], RING["radius"])
         axis.scatter(data.x_val[:, 0], data.x_val[:, 1], s=4, color="0.6",
-                     alpha=0.5, label="real samples")
+                     alpha=0.5, label="real samples (inside the red circles)")
         axis.scatter(samples[:, 0], samples[:, 1], s=3, color="tab:blue",
                      alpha=0.5, label="generated")
         for index, (x, y) in enumerate(modes):
@@ -988,7 +1004,7 @@ def train_architecture(args, argv, data, feature_extractor=None, reference=None)
             f"penultimate layer ({CLASSIFIER['feature_dim']} features) of a small "
             "classifier CNN trained on this dataset; not Inception FID")
         quality_reference = {
-            "val_frechet_distance": metrics.get("frechet_distance_real"),
+            "val_frechet_distance": metrics.get("frechet_distance_real_validation"),
             "val_frechet_distance_label": "two real samples (floor)",
             "val_classifier_confidence": metrics.get("classifier_confidence_real"),
             "val_classifier_confidence_label": "on real test images",
@@ -1107,7 +1123,7 @@ def compare(args, argv, data, feature_extractor, reference):
     plots.curves(series, run.plots / "learning_curves.png",
                  f"validation {key.replace('_', ' ')} per epoch", "epoch",
                  key.replace("_", " "),
-                 markers=[(reference["frechet_distance_real"],
+                 markers=[(reference["frechet_distance_real_validation"],
                            "two real samples (floor)")] if reference else None)
     table = ["| arch | " + " | ".join(columns) + " |",
              "|---" * (len(columns) + 1) + "|"]

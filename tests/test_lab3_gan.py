@@ -368,3 +368,11 @@ def test_a_run_never_overwrites_another(tmp_path, capsys):
     assert code == 1
     assert "already holds files" in capsys.readouterr().err
     assert (tmp_path / "old.txt").read_text() == "keep me"
+
+
+def test_a_diverging_run_exits_1_and_says_so(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.run(lab.main, ["--quick", "--learning-rate", "1e8", "--out", str(out)])
+    assert code == 1
+    assert "diverged" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["status"] == "diverged"
