@@ -1202,9 +1202,12 @@ def _patch_batch_norm():
 
 def _patch_rnn():
     """LSTM/GRU on CPU through torch's fused kernels (Keras uses them on CUDA)."""
+    import importlib
+
     from keras.src import backend as keras_backend
-    from keras.src.backend.torch import rnn
     from keras.src.backend.torch.core import convert_to_tensor
+
+    rnn = importlib.import_module("keras.src.backend.torch.rnn")  # not the function
 
     original_lstm, original_gru = keras_backend.lstm, keras_backend.gru
 
