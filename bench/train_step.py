@@ -692,15 +692,15 @@ def lab3_case(name, args):
         return [d_loss.detach() * count, g_loss.detach() * count]
 
     def validate():
-        distances = []
-        for part in batches(len(xv_t), 256):
+        distances, confidences = [], []
+        for part in batches(len(xv_t), 256):  # the lab's validation batch size
             real = xv_t[part]
             fake = generator(torch.randn(len(real), latent_dim))
             real_features, _ = features(real)
             fake_features, probabilities = features(fake)
             distances.append(frechet_distance(real_features, fake_features))
-            probabilities.max(dim=1).values.mean()
-        return distances[-1:]
+            confidences.append(float(probabilities.max(dim=1).values.mean()))
+        return [distances[-1], statistics.mean(confidences)]
 
     def compare(gan, torch_modules):
         noise = np.random.default_rng(0).normal(
@@ -994,9 +994,7 @@ def run_experiments(name, args, argv, scratch):
                 continue
             clock = Clock()
             try:
-                with contextlib.redirect_stdout(io.StringIO()) if index else \
-                        contextlib.nullcontext():
-                    runner(model, clock, args.epochs)
+                runner(model, clock, args.epochs)
             except Exception as error:  # noqa: BLE001 - reported in the table
                 models[index] = error
                 print(f"  {label}: {type(error).__name__}: {error}")
@@ -1366,6 +1364,10 @@ def parse_args(argv):
     parser.add_argument("--threads-experiment", metavar="MODEL", choices=MODELS,
                         help="MODEL at 1 and 2 threads, and 2 threads with "
                              "OMP_WAIT_POLICY=PASSIVE, each in a fresh process")
+    parser.add_argument("--what-if", default="",
+                        help="patch Keras in this process (comma-separated: "
+                             f"{', '.join(WHAT_IF)}) to see what the gap would be "
+                             "with those torch-backend changes")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", metavar="MODEL", choices=MODELS,
                         help="profile one epoch of MODEL, Keras and torch")
@@ -1373,6 +1375,10 @@ def parse_args(argv):
                         help="file for --profile (default docs/profile_MODEL.txt)")
     args = parser.parse_args(argv)
     args.model_list = [name.strip() for name in args.models.split(",") if name]
+    args.what_if_list = [name.strip() for name in args.what_if.split(",")
+                         if name.strip()]
+    if any(name not in WHAT_IF for name in args.what_if_list):
+        parser.error(f"--what-if takes {', '.join(WHAT_IF)}")
     unknown = [name for name in args.model_list if name not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
@@ -1390,7 +1396,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     scratch = Path(tempfile.mkdtemp(prefix="bench_train_step_"))
+    patches = keras_patched(*args.what_if_list)
     try:
+        patches.__enter__()
+        if args.what_if_list:
+            print(f"what-if: Keras patched in this process with "
+                  f"{', '.join(args.what_if_list)} (not what the labs run)")
         if args.profile:
             return run_profile(args.profile, args, argv, scratch)
         if args.experiments:
@@ -1409,6 +1420,7 @@ def main(argv=None):
                  "load": row["load"], "figures": row["figures"]} for row in rows]))
         return rows
     finally:
+        patches.__exit__(None, None, None)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -12,10 +12,19 @@ layers that are active only in training), how activations compare, how to select
 a model on the validation set with keras-tuner and touch the test set once, and
 how a frozen pretrained backbone with a new head transfers (--arch transfer).
 
-Measured (2-core CPU, torch backend, `python -m labs.lab1_cnn`): see
-RESULTS below; the README's results table carries the same figures.
+Measured on the course machine (2-core x86_64 CPU, torch 2.13.0 CPU backend,
+shared with other jobs at load average 3-9, so times are upper bounds):
 
-RESULTS = "not measured yet"
+    python -m labs.lab1_cnn                  baseline CNN, digits: test accuracy
+                                             0.9917, macro F1 0.9916, early stop at
+                                             epoch 21 (best 13), 26 s training, 43 s
+                                             wall
+    python -m labs.lab1_cnn --arch mlp       MLP, digits: test accuracy 0.9778
+                                             (100 s training at load ~9)
+
+Not measured here: the 8,000-image real-MNIST comparison with the keras-io
+"Simple MNIST convnet" (no MNIST copy is reachable offline on this machine). Run
+it with --dataset npz:PATH on a keras.datasets.mnist .npz to fill that row.
 """
 
 import sys

@@ -76,6 +76,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 
 import keras
@@ -960,6 +961,7 @@ def train_architecture(args, argv, data, feature_extractor=None, reference=None)
     print(f"{args.arch} on {data.name}: generator {gan.generator.count_params():,}"
           f" and {gan.discriminator.name} {gan.discriminator.count_params():,} "
           f"parameters; {hyper['epochs']} epochs")
+    cpu_start = time.process_time()
     try:
         result = fit(
             gan, run, data.x_train, epochs=hyper["epochs"],
@@ -981,6 +983,7 @@ def train_architecture(args, argv, data, feature_extractor=None, reference=None)
             f"{watcher.bad_epoch}. The history and plots are in {run.path} "
             "(metrics.json status diverged). Try a lower --learning-rate, e.g. 10 "
             "times smaller.")
+    result["train_cpu_seconds"] = round(time.process_time() - cpu_start, 2)
     final = _numbers(gan.evaluate(data.x_test, batch_size=evaluation_batch,
                                   verbose=0, return_dict=True))
     final.pop("loss", None)
@@ -1101,7 +1104,7 @@ def compare(args, argv, data, feature_extractor, reference):
     columns = (["modes_covered", "high_quality_share", "mode_distance"]
                if data.kind == "ring" else
                ["frechet_distance", "classifier_confidence"])
-    columns += ["params", "train_seconds", "best_epoch"]
+    columns += ["params", "train_seconds", "train_cpu_seconds", "best_epoch"]
     figure, axes = plots.plt.subplots(1, len(archs), figsize=(5 * len(archs), 5.3),
                                       squeeze=False)
     for axis, arch in zip(axes[0], archs):

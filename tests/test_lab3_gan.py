@@ -150,22 +150,23 @@ def test_gradient_penalty_is_exact_for_a_linear_critic_and_differentiable():
                                atol=1e-7)
 
 
-def critic_gradient_norm(penalty_weight, steps=40):
+def critic_gradient_norm(penalty_weight, steps=60):
     """Train only the critic of a ring WGAN; the last logged gradient norm."""
+    lab.seed_everything(0)
     data = lab.load_data("ring", 0, quick=True)
     gan = small_gan("wgan-gp", data, penalty_weight=penalty_weight,
                     learning_rate=3e-3)
     real = ops.convert_to_tensor(data.x_train[:128])
     for _ in range(steps):
         _, terms = gan.discriminator_step(real)
-    return float(terms["gradient_norm"])
+    return float(ops.convert_to_numpy(terms["gradient_norm"]))
 
 
 def test_gradient_penalty_pulls_the_critic_gradient_norm_to_one():
     with_penalty = critic_gradient_norm(10.0)
     without = critic_gradient_norm(1e-9)
-    assert abs(with_penalty - 1.0) < 0.25, with_penalty
-    assert without > with_penalty + 1.0, (without, with_penalty)
+    assert abs(with_penalty - 1.0) < 0.15, with_penalty
+    assert without > 3.0, without  # an unconstrained critic keeps steepening
 
 
 @pytest.mark.parametrize("arch, kind", [("mlp", "ring"), ("wgan-gp", "ring"),
