@@ -27,15 +27,24 @@ class RunInterrupted(WorkbookError):
     exit_code = 130
 
 
-def positive_int(text):
-    """argparse type: a whole number >= 1."""
+def _whole_number(text, minimum):
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def positive_int(text):
+    """argparse type: a whole number >= 1."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text):
+    """argparse type: a whole number >= 0."""
+    return _whole_number(text, 0)
 
 
 def positive_float(text):

@@ -69,7 +69,6 @@ no ImageNet weights, no GPU lent, so GPU images/s per phase are not measured):
 - images/s per phase (parameters.json) swing with the other jobs' load here.
 """
 
-import argparse
 import math
 import sys
 import time
@@ -726,16 +725,6 @@ def run_compare(run, models, data, args):
 
 
 # ----------------------------------------------------------------------- CLI
-def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def parse_args(argv):
     parser = cli.make_parser(
         LAB, "ResNet50V2 transfer learning: train a head on a frozen backbone, then "
@@ -759,7 +748,7 @@ def parse_args(argv):
                              "fine-tune (default: half of --epochs)")
     parser.add_argument("--fine-tune-lr", type=cli.positive_float, default=None,
                         help="phase 2 learning rate (default: --learning-rate / 10)")
-    parser.add_argument("--unfreeze", type=non_negative_int,
+    parser.add_argument("--unfreeze", type=cli.non_negative_int,
                         default=HYPERPARAMETERS["unfreeze"],
                         help="how many top blocks (or layers) phase 2 trains")
     parser.add_argument("--unfreeze-unit", choices=("blocks", "layers"),

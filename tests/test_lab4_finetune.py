@@ -225,7 +225,7 @@ def test_gradient_helper_and_layer_choice(finetune_run):
 # ---------------------------------------------------------------- bad inputs
 @pytest.mark.parametrize("arguments, words", [
     (["--mode", "bad"], "invalid choice"),
-    (["--unfreeze", "-1"], "must be 0 or more"),
+    (["--unfreeze", "-1"], "must be at least 0"),
     (["--unfreeze", "17"], "16 blocks"),
     (["--unfreeze", "0"], "--mode head"),
     (["--epochs", "2", "--head-epochs", "2"], "at least one fine-tuning epoch"),
