@@ -237,7 +237,9 @@ def memory_format(args):
 
 def to_nchw(x, layout=torch.contiguous_format):
     """NHWC numpy images as an NCHW torch tensor in the given memory format."""
-    return torch.from_numpy(np.transpose(x, (0, 3, 1, 2))).contiguous(
+    # clone, not contiguous(): with one channel both layouts count as contiguous,
+    # and the strides numpy's transpose leaves would pick channels_last kernels
+    return torch.from_numpy(np.transpose(x, (0, 3, 1, 2))).clone(
         memory_format=layout)
 
 
@@ -950,7 +952,8 @@ def experiment_variants(case, run):
         return runner
 
     if case.name.startswith("lab2"):
-        what_if = [("fused LSTM/GRU kernels on CPU", ("rnn",))]
+        what_if = [("Keras's time loop with unbind", ("rnn_loop",)),
+                   ("fused LSTM/GRU kernels on CPU", ("rnn",))]
     else:
         what_if = [("pooling without the NCHW copy (keras PR #23645)", ("pool",)),
                    ("conv with one layout copy (keras PR #23199)", ("conv",)),
@@ -1252,8 +1255,66 @@ def _patch_rnn():
     return [(keras_backend, "lstm", lstm), (keras_backend, "gru", gru)]
 
 
+def _patch_rnn_loop():
+    """Keras's own CPU time loop, reading the time steps with one ``unbind``.
+
+    Keras 3.15's ``_fallback_lstm``/``_fallback_gru`` index ``x_proj[t]`` at
+    every step; the backward of each index allocates and zero-fills a gradient
+    the size of the whole sequence (T of them: quadratic in T). ``unbind`` has
+    one backward (a stack).
+    """
+    import importlib
+
+    rnn = importlib.import_module("keras.src.backend.torch.rnn")
+
+    def fallback_lstm(inputs, h, c, kernel, recurrent_kernel, bias, activation,
+                      recurrent_activation, return_sequences, batch_first):
+        x_proj = torch.matmul(inputs.permute(1, 0, 2) if batch_first else inputs,
+                              kernel)
+        if bias is not None:
+            x_proj = x_proj + bias
+        outputs = []
+        for x_t in torch.unbind(x_proj, 0):
+            z_i, z_f, z_c, z_o = torch.chunk(x_t + torch.matmul(h, recurrent_kernel),
+                                             4, dim=1)
+            c = recurrent_activation(z_f) * c + recurrent_activation(
+                z_i) * activation(z_c)
+            h = recurrent_activation(z_o) * activation(c)
+            outputs.append(h)
+        outputs = torch.stack(outputs, dim=0)
+        if batch_first:
+            outputs = outputs.permute(1, 0, 2)
+        if not return_sequences:
+            outputs = h.unsqueeze(1 if batch_first else 0)
+        return h, outputs, [h, c]
+
+    def fallback_gru(inputs, h, kernel, recurrent_kernel, bias, activation,
+                     recurrent_activation, return_sequences):
+        x_proj = torch.matmul(inputs.permute(1, 0, 2), kernel)
+        if bias is not None:
+            x_proj = x_proj + bias[0]
+        outputs = []
+        for x_t in torch.unbind(x_proj, 0):
+            h_proj = torch.matmul(h, recurrent_kernel)
+            if bias is not None:
+                h_proj = h_proj + bias[1]
+            x_z, x_r, x_h = torch.chunk(x_t, 3, dim=1)
+            h_z, h_r, h_h = torch.chunk(h_proj, 3, dim=1)
+            z = recurrent_activation(x_z + h_z)
+            r = recurrent_activation(x_r + h_r)
+            h = z * h + (1.0 - z) * activation(x_h + r * h_h)
+            outputs.append(h)
+        outputs = torch.stack(outputs, dim=0).permute(1, 0, 2)
+        if not return_sequences:
+            outputs = h.unsqueeze(1)
+        return h, outputs, [h]
+
+    return [(rnn, "_fallback_lstm", fallback_lstm),
+            (rnn, "_fallback_gru", fallback_gru)]
+
+
 WHAT_IF = {"pool": _patch_pool, "conv": _patch_conv, "batch_norm": _patch_batch_norm,
-           "rnn": _patch_rnn}
+           "rnn": _patch_rnn, "rnn_loop": _patch_rnn_loop}
 
 
 @contextlib.contextmanager

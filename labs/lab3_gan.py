@@ -68,7 +68,8 @@ generator: ``keras.saving.load_model(path)`` then ``predict`` on
 ``keras.random.normal((n, latent_dim))``).
 
 Measured with the defaults (seed 0; 2-core x86 CPU shared with other jobs, load
-average 1-3 during these runs; OMP_NUM_THREADS=1; torch 2.13 CPU, Keras 3.15.1).
+average 1-3 during these runs; one torch thread, see TORCH_THREADS; torch 2.13
+CPU, Keras 3.15.1).
 The runs are deterministic: ``--compare`` gives the same figures. "train" is the
 ``fit`` call; "total" the whole command, imports and figures included.
 
@@ -80,21 +81,23 @@ The runs are deterministic: ``--compare`` gives the same figures. "train" is the
 |                                       | share 0.72, mode dist. 0.27  | (171 s CPU)   |
 | --arch dcgan (digits, 16x16)          | FD 178.6 -> 13.7 (best epoch | 62 s / 85 s   |
 |                                       | 21 of 40), confidence 0.77   |               |
-| --arch wgan-gp --dataset digits       | FD 178.6 -> 12.7 (best epoch | WD_TRAIN      |
+| --arch wgan-gp --dataset digits       | FD 178.6 -> 12.7 (best epoch | 165 s / 189 s |
 |                                       | 22 of 30), confidence 0.78   |               |
 | --compare (digits): mlp               | FD 157.8 -> 34.8, conf. 0.73 | 137 s (load 7)|
 
 On digits the classifier CNN reaches test accuracy 0.975, its confidence on real
 test images is 0.95 and the distance between two real samples (the floor) is
-1.9. With ``--quick`` each arch finishes in QUICK_TIMES. Under a load average of
-7-9 (others' jobs on the same 2 cores) the same runs took 3-4x longer: wgan-gp on
-the ring 740 s of training; and torch's default 2 intra-op threads were slower
-still there than one thread, so set OMP_NUM_THREADS=1 on a busy machine.
+1.9. With ``--quick``, mlp, wgan-gp and dcgan took 18, 30 and 33 s in all (2
+threads), most of it importing Keras and drawing figures. Under a load average of
+7-9 (others' jobs on the same 2 cores) the same runs took 3-4x longer (wgan-gp on
+the ring: 740 s of training).
 """
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -152,6 +155,10 @@ RING = dict(
 CLASSIFIER = dict(epochs=12, quick_epochs=2, batch_size=64, learning_rate=2e-3,
                   feature_dim=32)
 QUICK_EPOCHS = 2
+# Intra-op threads for torch. The networks are tiny, so a second thread buys
+# little, and on a shared 2-core machine (load 2-8) the default 2 threads made the
+# same runs 2-4x slower and burnt 4x the CPU. A user's OMP_NUM_THREADS wins.
+TORCH_THREADS = 1
 SNAPSHOT_SAMPLES = {"ring": 1000, "images": 64}
 
 
@@ -878,15 +885,15 @@ def progress_figures(run, data, frames, arch):
     from PIL import Image
 
     (run.path / "samples").mkdir(exist_ok=True)
-    images = []
     for epoch, samples, logs in frames:
         title = f"{arch}, epoch {epoch}: {_frame_caption(data, logs)}"
-        path = run.path / "samples" / f"epoch_{epoch:03d}.png"
         figure, axis = plots.plt.subplots(figsize=(5, 5))
         draw_samples(axis, data, samples, title)
         figure.tight_layout()
-        figure.savefig(path, dpi=100)
+        figure.savefig(run.path / "samples" / f"epoch_{epoch:03d}.png", dpi=100)
         plots.plt.close(figure)
+    images = []  # from the files, so a resumed run's GIF shows the whole run
+    for path in sorted((run.path / "samples").glob("epoch_*.png")):
         with Image.open(path) as image:
             images.append(image.convert("RGB").quantize(colors=128))
     if images:
@@ -1218,6 +1225,22 @@ def parse_args(argv):
     return args
 
 
+@contextlib.contextmanager
+def torch_threads(count):
+    """Run the block with ``count`` torch threads, then restore the previous count."""
+    if keras.backend.backend() != "torch" or "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def main(argv=None):
     argv = cli.resume_argv(sys.argv[1:] if argv is None else list(argv), LAB)
     args = parse_args(argv)
@@ -1231,14 +1254,15 @@ def main(argv=None):
         raise cli.WorkbookError(
             f"--penalty-weight applies to --arch wgan-gp only, not {args.arch}. "
             "Drop the flag or pass --arch wgan-gp.")
-    data = load_data(args.dataset, args.seed, args.quick)
-    feature_extractor, reference = None, None
-    if data.kind == "images":
-        feature_extractor, reference = train_feature_classifier(
-            data, args.quick, args.seed)
-    if args.compare:
-        return compare(args, argv, data, feature_extractor, reference)
-    metrics = train_architecture(args, argv, data, feature_extractor, reference)
+    with torch_threads(TORCH_THREADS):
+        data = load_data(args.dataset, args.seed, args.quick)
+        feature_extractor, reference = None, None
+        if data.kind == "images":
+            feature_extractor, reference = train_feature_classifier(
+                data, args.quick, args.seed)
+        if args.compare:
+            return compare(args, argv, data, feature_extractor, reference)
+        metrics = train_architecture(args, argv, data, feature_extractor, reference)
     run = metrics.pop("_run")
     for key in ("_samples", "_rows", "_initial"):
         metrics.pop(key)

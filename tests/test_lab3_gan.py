@@ -23,6 +23,17 @@ RUN_FILES = ("config.json", "history.csv", "history.json", "metrics.json",
              "plots/quality.png", "samples/epoch_000.png")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The lab's thread count (TORCH_THREADS) also for tests that call its parts."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(lab.TORCH_THREADS)
+    yield
+    torch.set_num_threads(previous)
+
+
 def image_data(count=32, size=16):
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (count, size, size, 1)).astype("float32")
@@ -322,6 +333,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch,
     assert metrics["status"] == "completed"
     assert [row["epoch"] for row in rows] == [1, 2]
     assert json.loads((out / "config.json").read_text())["resumed"] == 1
+    with Image.open(out / "plots" / "progress.gif") as gif:
+        assert gif.n_frames == 3  # epochs 0, 1 (before the interrupt) and 2
 
 
 def captured_last_line(capsys):
