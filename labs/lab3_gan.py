@@ -87,8 +87,8 @@ The runs are deterministic: ``--compare`` gives the same figures. "train" is the
 
 On digits the classifier CNN reaches test accuracy 0.975, its confidence on real
 test images is 0.95 and the distance between two real samples (the floor) is
-1.9. With ``--quick``, mlp, wgan-gp and dcgan took 18, 30 and 33 s in all (2
-threads), most of it importing Keras and drawing figures. Under a load average of
+1.9. With ``--quick``, mlp, wgan-gp and dcgan took 23, 26 and 23 s in all (load
+3), most of it importing Keras and drawing figures. Under a load average of
 7-9 (others' jobs on the same 2 cores) the same runs took 3-4x longer (wgan-gp on
 the ring: 740 s of training).
 """
