@@ -58,8 +58,8 @@ no ImageNet weights, no GPU lent, so GPU images/s per phase are not measured):
 - ``python -m labs.lab4_finetune`` (digits, 600 training images, 3 head + 3
   fine-tune epochs, batch 32): test accuracy 0.553, macro F1 0.50 (random
   backbone). 1,103 s wall at load average 8 to 10 (the process got 40% of one
-  core); 452 s of CPU time, so about 4 minutes on an idle 2-core machine
-  (estimated from the CPU time, not measured idle). Trainable parameters: 20,490
+  core); 452 s of CPU time. Re-measured at load 2-3 (lead, same command,
+  same figures): 288 s training, 4 min 59 s wall. Trainable parameters: 20,490
   in phase 1, 8,937,482 in phase 2 (top 2 blocks), of 23,585,290.
 - ``--quick`` (64 / 32 / 32 images, 1 + 1 epochs): 109 s wall at load 7.8, 52 s
   of CPU time.
