@@ -37,6 +37,12 @@ def _whole_number(text, minimum):
     return value
 
 
+def first_line(error):
+    """``Type: first line of the message``, short enough for a one-paragraph error."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
+
+
 def positive_int(text):
     """argparse type: a whole number >= 1."""
     return _whole_number(text, 1)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cli import WorkbookError
+from common.cli import WorkbookError, first_line
 
 TFDS_IMAGE_SETS = ("mnist", "fashion_mnist", "cifar10")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -81,12 +81,7 @@ def unavailable(name, reason):
     )
 
 
-def _first_line(error):
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
-
-
-def _network_reachable(host="storage.googleapis.com", timeout=3.0):
+def network_reachable(host="storage.googleapis.com", timeout=3.0):
     """Whether tfds's download host resolves and answers within ``timeout`` s."""
     import socket
     from concurrent.futures import ThreadPoolExecutor
@@ -129,14 +124,14 @@ def load_tfds(name, split, **kwargs):
         return tfds.load(name, download=False, **options)
     except Exception as error:  # not prepared here (or a broken copy)
         local_error = error
-    if not _network_reachable():
+    if not network_reachable():
         raise unavailable(
-            name, "not prepared locally and no network: " + _first_line(local_error)
+            name, "not prepared locally and no network: " + first_line(local_error)
         )
     try:
         return tfds.load(name, download=True, **options)
     except Exception as error:  # network, disk, unprepared builder, ...
-        raise unavailable(name, _first_line(error)) from error
+        raise unavailable(name, first_line(error)) from error
 
 
 def _tfds_arrays(name, split):
@@ -209,7 +204,7 @@ def _read_npz(path):
             arrays = {key: archive[key] for key in archive.files}
     except Exception as error:
         raise WorkbookError(
-            f"cannot read {path} as a numpy .npz archive ({_first_line(error)}). "
+            f"cannot read {path} as a numpy .npz archive ({first_line(error)}). "
             "Save it with numpy.savez(path, x_train=..., y_train=..., x_test=..., "
             "y_test=...)."
         ) from error

@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common.cli import WorkbookError
+from common.cli import WorkbookError, first_line
 
 RUNS_ROOT = Path("runs")
 BACKUP = "backup"  # keras.callbacks.BackupAndRestore's folder inside a run
@@ -269,7 +269,7 @@ def load_model(path):
     except (TypeError, ValueError) as error:
         raise WorkbookError(
             f"refused to load {path}: it needs an object this workbook does not "
-            f"register or would run code from the file ({_first_line(error)}). "
+            f"register or would run code from the file ({first_line(error)}). "
             "Only models saved by the workbook's labs load; if you trust the file, "
             "load it yourself with keras.saving.load_model(path, safe_mode=False)."
         ) from error
@@ -278,7 +278,3 @@ def load_model(path):
             f"cannot read the model file {path} ({error}). Check the path."
         ) from error
 
-
-def _first_line(error):
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else type(error).__name__

@@ -128,9 +128,9 @@ def cached_imagenet_file():
 def _imagenet_reachable(timeout=3.0):
     """Whether the weights' download host answers; probed once per process."""
     if "imagenet" not in _probe_results:
-        from common.data import _network_reachable
+        from common.data import network_reachable
 
-        _probe_results["imagenet"] = _network_reachable(IMAGENET_HOST, timeout)
+        _probe_results["imagenet"] = network_reachable(IMAGENET_HOST, timeout)
     return _probe_results["imagenet"]
 
 

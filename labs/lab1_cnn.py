@@ -561,7 +561,6 @@ def main(argv=None):
         sections.append(("Model selection (keras-tuner, validation set)", table))
 
     model = make_model(args, data, normalization, hyper)
-    model.summary(print_fn=lambda line, **_: None)
     if args.augment != "none":
         layer = build_augmentation(args.augment, data.input_shape, args.seed)
         augmentation_gallery(
@@ -601,17 +600,12 @@ def main(argv=None):
         **result,
         **figures,
         "inference_ms_per_image": inference_ms_per_image(model, data.x_test),
-        "hyperparameters": hyper,
+        **{f"hp_{key}": value for key, value in hyper.items()},
     }
-    run.write_metrics(
-        {key: value for key, value in metrics.items() if key != "hyperparameters"}
-        | {f"hp_{key}": value for key, value in hyper.items()}
-    )
+    run.write_metrics(metrics)
     run.save_model(model)
     sections.append(("Classification report (test set)", f"```\n{report}```"))
-    run.write_report(
-        title, {k: v for k, v in metrics.items() if k != "hyperparameters"}, sections
-    )
+    run.write_report(title, metrics, sections)
     print(
         f"test accuracy {figures['test_accuracy']:.4f}, macro F1 "
         f"{figures['macro_f1']:.4f}, {result['train_seconds']:.0f} s training"

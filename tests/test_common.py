@@ -349,7 +349,7 @@ def test_unknown_dataset_names_the_choices():
 
 def test_tfds_offline_fails_fast_with_remedy(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(data, "_network_reachable", lambda: False)
+    monkeypatch.setattr(data, "network_reachable", lambda: False)
     start = time.perf_counter()
     with pytest.raises(cli.WorkbookError) as error:
         data.load_images("mnist")

@@ -97,7 +97,7 @@ def test_search_writes_trials_and_retrains_best(tmp_path):
         trials[0]
     )
     assert (out / "plots" / "search_trials.png").is_file()
-    assert metrics["hyperparameters"]["activation"] == trials[0]["activation"]
+    assert metrics["hp_activation"] == trials[0]["activation"]
     assert "Model selection" in (out / "report.md").read_text()
 
 

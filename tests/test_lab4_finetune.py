@@ -195,7 +195,7 @@ def test_tf_flowers_offline_is_a_clear_error(tmp_path, monkeypatch, capsys):
     from common import data
 
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty"))
-    monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(data, "network_reachable", lambda *a, **k: False)
     code = cli.run(lab.main, ["--quick", "--dataset", "tf_flowers",
                               "--out", str(tmp_path / "run")])
     message = capsys.readouterr().err
