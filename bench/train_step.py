@@ -79,7 +79,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from common import training  # noqa: E402
+from common import speedups, training  # noqa: E402
 from common.runs import seed_everything  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -792,30 +792,39 @@ def paired(keras_values, torch_values):
 
 
 def measure(case, args, scratch):
-    """Interleaved Keras / torch timings of one case; returns the table row."""
+    """Interleaved Keras / torch (/ Keras as shipped) timings; the table row."""
     threads = set_threads(case, args)
     model, difference = checked_pair(case)
     run = BenchRun(scratch / case.name)
-    figures = {"keras": [], "torch": []}
+    runners = ["keras", "torch"] + ([] if args.no_shipped else ["shipped"])
+    figures = {runner: [] for runner in runners}
     loads = []
     for repeat in range(args.repeats + 1):  # repeat 0 is the warm-up
-        order = ("keras", "torch") if repeat % 2 == 0 else ("torch", "keras")
-        for runner in order:
+        shift = repeat % len(runners)
+        for runner in runners[shift:] + runners[:shift]:
             clock = Clock()
             if runner == "keras":
                 lab_fit(case, model, run, clock, args.epochs)
+            elif runner == "shipped":
+                with keras_as_shipped():
+                    lab_fit(case, model, run, clock, args.epochs)
             else:
                 case.torch_loop.run(clock, args.epochs)
             if repeat:
                 figures[runner].append(clock.figures())
         loads.append(os.getloadavg()[0])
-        print(f"  {case.name} repeat {repeat}: keras {clock_text(figures['keras'])}, "
-              f"torch {clock_text(figures['torch'])} ms/step (wall, CPU), load "
-              f"{loads[-1]:.1f}", flush=True)
-    columns = list(zip(*figures["keras"])), list(zip(*figures["torch"]))
-    return dict(case=case, threads=threads, difference=difference,
-                figures=[paired(k, t) for k, t in zip(*columns)],
-                load=statistics.median(loads))
+        print(f"  {case.name} repeat {repeat}: " + ", ".join(
+            f"{runner} {clock_text(figures[runner])}" for runner in runners)
+            + f" ms/step (wall, CPU), load {loads[-1]:.1f}", flush=True)
+    torch_columns = list(zip(*figures["torch"]))
+    row = dict(case=case, threads=threads, difference=difference,
+               figures=[paired(k, t) for k, t in zip(zip(*figures["keras"]),
+                                                     torch_columns)],
+               load=statistics.median(loads))
+    if figures.get("shipped"):
+        row["shipped"] = [paired(k, t) for k, t in zip(zip(*figures["shipped"]),
+                                                        torch_columns)]
+    return row
 
 
 def clock_text(values):
@@ -854,20 +863,31 @@ def print_table(rows, args, argv):
     threads = sorted({row["threads"] for row in rows})
     print(machine_line("/".join(str(t) for t in threads)))
     print()
+    shipped = all("shipped" in row for row in rows)
     print("| model | threads | wall ms/step Keras / torch | ratio (min-max) | "
           "CPU ms/step Keras / torch | ratio (min-max) | wall ms/epoch Keras / "
-          "torch | ratio | CPU ms/epoch ratio | steps/epoch | load | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "torch | ratio | CPU ms/epoch ratio |"
+          + (" Keras as shipped: CPU ms/step | ratio (min-max) | ms/epoch ratio |"
+             if shipped else "")
+          + " steps/epoch | load | max abs diff |")
+    print("|---" * (12 + 3 * shipped) + "|")
     for row in rows:
         case = row["case"]
         wall, cpu, epoch, cpu_epoch = row["figures"]
         steps = math.ceil(case.num_train / case.batch_size)
+        extra = ""
+        if shipped:
+            _, shipped_cpu, _, shipped_epoch = row["shipped"]
+            extra = (f" {shipped_cpu[0]:.1f} | {ratio_text(shipped_cpu)} | "
+                     f"{shipped_epoch[2]:.2f}x |")
         print(f"| {case.title} | {row['threads']} | {wall[0]:.1f} / {wall[1]:.1f} | "
               f"{ratio_text(wall)} | {cpu[0]:.1f} / {cpu[1]:.1f} | {ratio_text(cpu)} "
               f"| {epoch[0]:.0f} / {epoch[1]:.0f} | {epoch[2]:.2f}x | "
-              f"{cpu_epoch[2]:.2f}x | {steps} | {row['load']:.1f} | "
+              f"{cpu_epoch[2]:.2f}x |{extra} {steps} | {row['load']:.1f} | "
               f"{row['difference']:.1e} |")
     print()
+    print("Keras = the labs' path, with common.speedups (the workbook's fixes to "
+          "Keras's torch backend); Keras as shipped = the same fit with them off.")
     print("ratio = Keras / torch, median of the per-repeat pairs (target <= 1.10). "
           "max abs diff: largest difference of the two forward passes with the "
           "same weights (probabilities, predictions, or generated pixels and "
@@ -962,22 +982,11 @@ def experiment_variants(case, run):
         variants.append(("  + channels_first model and NCHW data",
                          {"channels_first": True}, direct(feed="channels_first")))
 
-    def patched(*names):
-        def runner(model, clock, epochs):
-            with keras_patched(*names):
-                lab(model, clock, epochs)
-        return runner
+    def shipped(model, clock, epochs):
+        with keras_as_shipped():
+            lab(model, clock, epochs)
 
-    if case.name.startswith("lab2"):
-        what_if = [("Keras's time loop with unbind", ("rnn_loop",)),
-                   ("fused LSTM/GRU kernels on CPU", ("rnn",))]
-    else:
-        what_if = [("pooling without the NCHW copy (keras PR #23645)", ("pool",)),
-                   ("conv with one layout copy (keras PR #23199)", ("conv",)),
-                   ("fused torch batch_norm", ("batch_norm",)),
-                   ("all three", ("pool", "conv", "batch_norm"))]
-    variants += [(f"what-if, lab path + {label}", {}, patched(*names))
-                 for label, names in what_if]
+    variants.append(("lab path, Keras as shipped (no common.speedups)", {}, shipped))
     return variants
 
 
@@ -1144,209 +1153,14 @@ def run_threads_experiment(name, args, argv):
               f"{ratio:.2f}x | {cpu[0]:.1f} | {cpu[1]:.1f} | {load:.1f} |")
 
 
-# ----------------------------------------------------------------------------
-# What-if: Keras torch-backend changes (upstream PRs), patched in this process
-# for one experiment at a time. Evidence of where the gap is; not for the labs.
-# ----------------------------------------------------------------------------
-def _channels_last_view(inputs):
-    """NHWC -> an NCHW view with channels_last strides: no copy."""
-    from keras.src.backend.torch.core import convert_to_tensor
-
-    return convert_to_tensor(inputs).permute(0, 3, 1, 2).contiguous(
-        memory_format=torch.channels_last)
-
-
-def _nhwc(data_format, inputs):
-    from keras.src.backend import standardize_data_format
-
-    return (standardize_data_format(data_format) == "channels_last"
-            and len(inputs.shape) == 4)
-
-
-def _patch_pool():
-    """keras PR #23645: pooling keeps channels_last instead of an NCHW copy."""
-    from keras.src.backend.torch import nn as torch_nn
-
-    original = torch_nn.max_pool
-
-    def max_pool(inputs, pool_size, strides=None, padding="valid", data_format=None):
-        if not _nhwc(data_format, inputs):
-            return original(inputs, pool_size, strides, padding, data_format)
-        outputs = original(_channels_last_view(inputs), pool_size, strides, padding,
-                           "channels_first")
-        return outputs.permute(0, 2, 3, 1)
-
-    return [(torch_nn, "max_pool", max_pool)]
-
-
-def _patch_conv():
-    """keras PR #23199: one layout conversion per conv input instead of two."""
-    from keras.src.backend.torch import nn as torch_nn
-
-    original = torch_nn.conv
-
-    def conv(inputs, kernel, strides=1, padding="valid", data_format=None,
-             dilation_rate=1):
-        if not _nhwc(data_format, inputs):
-            return original(inputs, kernel, strides, padding, data_format,
-                            dilation_rate)
-        outputs = original(_channels_last_view(inputs), kernel, strides, padding,
-                           "channels_first", dilation_rate)
-        return outputs.permute(0, 2, 3, 1)
-
-    return [(torch_nn, "conv", conv)]
-
-
-def _patch_batch_norm():
-    """BatchNormalization in training through torch's fused batch_norm kernel."""
-    from keras.src.layers.normalization.batch_normalization import (
-        BatchNormalization,
-    )
-
-    original = BatchNormalization.call
-
-    def call(self, inputs, training=None, mask=None):
-        if (mask is not None or self.renorm or not (training and self.trainable)
-                or len(inputs.shape) != 4 or self.axis not in (-1, 3)):
-            return original(self, inputs, training=training, mask=mask)
-        outputs = F.batch_norm(
-            _channels_last_view(inputs), self.moving_mean.value,
-            self.moving_variance.value, self.gamma.value, self.beta.value,
-            training=True, momentum=1.0 - self.momentum, eps=self.epsilon)
-        return outputs.permute(0, 2, 3, 1)
-
-    return [(BatchNormalization, "call", call)]
-
-
-def _patch_rnn():
-    """LSTM/GRU on CPU through torch's fused kernels (Keras uses them on CUDA)."""
-    import importlib
-
-    from keras.src import backend as keras_backend
-    from keras.src.backend.torch.core import convert_to_tensor
-
-    rnn = importlib.import_module("keras.src.backend.torch.rnn")  # not the function
-
-    original_lstm, original_gru = keras_backend.lstm, keras_backend.gru
-
-    def fused_ok(activation, recurrent_activation, unroll, bias, mask, backwards):
-        from keras.src import activations
-
-        return (mask is None and not unroll and not backwards and bias is not None
-                and activation in (activations.tanh, torch.tanh, keras.ops.tanh)
-                and recurrent_activation in (activations.sigmoid, torch.sigmoid,
-                                             keras.ops.sigmoid))
-
-    def lstm(inputs, initial_state_h, initial_state_c, mask, kernel,
-             recurrent_kernel, bias, activation, recurrent_activation,
-             return_sequences=False, go_backwards=False, unroll=False,
-             batch_first=True):
-        if not (batch_first and fused_ok(activation, recurrent_activation, unroll,
-                                         bias, mask, go_backwards)):
-            return original_lstm(inputs, initial_state_h, initial_state_c, mask,
-                                 kernel, recurrent_kernel, bias, activation,
-                                 recurrent_activation, return_sequences,
-                                 go_backwards, unroll, batch_first)
-        inputs = convert_to_tensor(inputs)
-        return rnn._cudnn_lstm(
-            inputs, convert_to_tensor(initial_state_h),
-            convert_to_tensor(initial_state_c), convert_to_tensor(kernel),
-            convert_to_tensor(recurrent_kernel), convert_to_tensor(bias),
-            return_sequences=return_sequences, device=inputs.device)
-
-    def gru(inputs, initial_state, mask, kernel, recurrent_kernel, bias, activation,
-            recurrent_activation, return_sequences=False, go_backwards=False,
-            unroll=False, reset_after=True):
-        if not (reset_after and fused_ok(activation, recurrent_activation, unroll,
-                                         bias, mask, go_backwards)):
-            return original_gru(inputs, initial_state, mask, kernel,
-                                recurrent_kernel, bias, activation,
-                                recurrent_activation, return_sequences,
-                                go_backwards, unroll, reset_after)
-        inputs = convert_to_tensor(inputs)
-        return rnn._cudnn_gru(
-            inputs, convert_to_tensor(initial_state), convert_to_tensor(kernel),
-            convert_to_tensor(recurrent_kernel), convert_to_tensor(bias),
-            return_sequences=return_sequences, device=inputs.device)
-
-    return [(keras_backend, "lstm", lstm), (keras_backend, "gru", gru)]
-
-
-def _patch_rnn_loop():
-    """Keras's own CPU time loop, reading the time steps with one ``unbind``.
-
-    Keras 3.15's ``_fallback_lstm``/``_fallback_gru`` index ``x_proj[t]`` at
-    every step; the backward of each index allocates and zero-fills a gradient
-    the size of the whole sequence (T of them: quadratic in T). ``unbind`` has
-    one backward (a stack).
-    """
-    import importlib
-
-    rnn = importlib.import_module("keras.src.backend.torch.rnn")
-
-    def fallback_lstm(inputs, h, c, kernel, recurrent_kernel, bias, activation,
-                      recurrent_activation, return_sequences, batch_first):
-        x_proj = torch.matmul(inputs.permute(1, 0, 2) if batch_first else inputs,
-                              kernel)
-        if bias is not None:
-            x_proj = x_proj + bias
-        outputs = []
-        for x_t in torch.unbind(x_proj, 0):
-            z_i, z_f, z_c, z_o = torch.chunk(x_t + torch.matmul(h, recurrent_kernel),
-                                             4, dim=1)
-            c = recurrent_activation(z_f) * c + recurrent_activation(
-                z_i) * activation(z_c)
-            h = recurrent_activation(z_o) * activation(c)
-            outputs.append(h)
-        outputs = torch.stack(outputs, dim=0)
-        if batch_first:
-            outputs = outputs.permute(1, 0, 2)
-        if not return_sequences:
-            outputs = h.unsqueeze(1 if batch_first else 0)
-        return h, outputs, [h, c]
-
-    def fallback_gru(inputs, h, kernel, recurrent_kernel, bias, activation,
-                     recurrent_activation, return_sequences):
-        x_proj = torch.matmul(inputs.permute(1, 0, 2), kernel)
-        if bias is not None:
-            x_proj = x_proj + bias[0]
-        outputs = []
-        for x_t in torch.unbind(x_proj, 0):
-            h_proj = torch.matmul(h, recurrent_kernel)
-            if bias is not None:
-                h_proj = h_proj + bias[1]
-            x_z, x_r, x_h = torch.chunk(x_t, 3, dim=1)
-            h_z, h_r, h_h = torch.chunk(h_proj, 3, dim=1)
-            z = recurrent_activation(x_z + h_z)
-            r = recurrent_activation(x_r + h_r)
-            h = z * h + (1.0 - z) * activation(x_h + r * h_h)
-            outputs.append(h)
-        outputs = torch.stack(outputs, dim=0).permute(1, 0, 2)
-        if not return_sequences:
-            outputs = h.unsqueeze(1)
-        return h, outputs, [h]
-
-    return [(rnn, "_fallback_lstm", fallback_lstm),
-            (rnn, "_fallback_gru", fallback_gru)]
-
-
-WHAT_IF = {"pool": _patch_pool, "conv": _patch_conv, "batch_norm": _patch_batch_norm,
-           "rnn": _patch_rnn, "rnn_loop": _patch_rnn_loop}
-
-
 @contextlib.contextmanager
-def keras_patched(*names):
-    """Swap in the named what-if patches for the duration of the block."""
-    saved = []
+def keras_as_shipped():
+    """Keras 3.15.1's own torch backend: common.speedups off for the block."""
+    speedups.uninstall()
     try:
-        for name in names:
-            for owner, attribute, replacement in WHAT_IF[name]():
-                saved.append((owner, attribute, owner.__dict__[attribute]))
-                setattr(owner, attribute, replacement)
         yield
     finally:
-        for owner, attribute, value in reversed(saved):
-            setattr(owner, attribute, value)
+        speedups.install()
 
 
 # ----------------------------------------------------------------------------
@@ -1442,10 +1256,9 @@ def parse_args(argv):
     parser.add_argument("--threads-experiment", metavar="MODEL", choices=MODELS,
                         help="MODEL at 1 and 2 threads, and 2 threads with "
                              "OMP_WAIT_POLICY=PASSIVE, each in a fresh process")
-    parser.add_argument("--what-if", default="",
-                        help="patch Keras in this process (comma-separated: "
-                             f"{', '.join(WHAT_IF)}) to see what the gap would be "
-                             "with those torch-backend changes")
+    parser.add_argument("--no-shipped", action="store_true",
+                        help="leave out the third runner: the lab path on Keras as "
+                             "shipped, without common.speedups")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", metavar="MODEL", choices=MODELS,
                         help="profile one epoch of MODEL, Keras and torch")
@@ -1453,10 +1266,6 @@ def parse_args(argv):
                         help="file for --profile (default docs/profile_MODEL.txt)")
     args = parser.parse_args(argv)
     args.model_list = [name.strip() for name in args.models.split(",") if name]
-    args.what_if_list = [name.strip() for name in args.what_if.split(",")
-                         if name.strip()]
-    if any(name not in WHAT_IF for name in args.what_if_list):
-        parser.error(f"--what-if takes {', '.join(WHAT_IF)}")
     unknown = [name for name in args.model_list if name not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
@@ -1474,12 +1283,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     scratch = Path(tempfile.mkdtemp(prefix="bench_train_step_"))
-    patches = keras_patched(*args.what_if_list)
     try:
-        patches.__enter__()
-        if args.what_if_list:
-            print(f"what-if: Keras patched in this process with "
-                  f"{', '.join(args.what_if_list)} (not what the labs run)")
         if args.profile:
             return run_profile(args.profile, args, argv, scratch)
         if args.experiments:
@@ -1498,7 +1302,6 @@ def main(argv=None):
                  "load": row["load"], "figures": row["figures"]} for row in rows]))
         return rows
     finally:
-        patches.__exit__(None, None, None)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -14,10 +14,15 @@ import time
 import keras
 import numpy as np
 
-from common import plots
+from common import plots, speedups
 from common.callbacks import HistoryRecorder, InterruptSafeBackup, early_stopping
 from common.cli import RunInterrupted, WorkbookError
 from common.runs import BACKUP
+
+# Keras's torch backend, fixed where it does avoidable work per step (layout
+# copies, unfused BatchNormalization, a Python time loop for LSTM/GRU on CPU):
+# every lab trains through this module, so every lab gets the fixes.
+speedups.install()
 
 
 def progress_verbosity():
