@@ -16,6 +16,8 @@ Keras 3.15.1 on the torch backend does avoidable work in every training step
 - **LSTM / GRU** run a Python loop over the time steps on CPU; torch's fused
   ``_VF.lstm`` / ``_VF.gru`` kernels, which Keras already uses on CUDA, are
   taken only when the inputs are on a GPU. Fix: the same fused call on CPU.
+  **SimpleRNN** always runs Keras's generic Python loop (a cell call per time
+  step); fix: torch's fused ``rnn_tanh`` / ``rnn_relu`` kernels, on any device.
 
 Each fix keeps Keras's own code for every case it does not cover (other layouts,
 masks, renorm, mixed precision, custom activations, tracing) and gives the same
@@ -77,6 +79,7 @@ def _replacements():
     torch_rnn = importlib.import_module("keras.src.backend.torch.rnn")
     batch_norm = importlib.import_module(
         "keras.src.layers.normalization.batch_normalization")
+    simple_rnn = importlib.import_module("keras.src.layers.rnn.simple_rnn")
     return [
         (torch_nn, "_transpose_spatial_inputs",
          _layout_fix(torch_nn._transpose_spatial_inputs)),
@@ -84,6 +87,8 @@ def _replacements():
          _batch_norm_fix(batch_norm.BatchNormalization.call)),
         (torch_rnn, "_fallback_lstm", _lstm_fix(torch_rnn)),
         (torch_rnn, "_fallback_gru", _gru_fix(torch_rnn)),
+        (simple_rnn.SimpleRNN, "inner_loop",
+         _simple_rnn_fix(simple_rnn.SimpleRNN.inner_loop)),
     ]
 
 
@@ -188,3 +193,33 @@ def _gru_fix(rnn):
                               device=inputs.device)
 
     return fallback_gru
+
+
+def _simple_rnn_fix(original):
+    from keras.src import activations
+
+    kernels = {activations.tanh: "rnn_tanh", activations.relu: "rnn_relu"}
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        cell = self.cell
+        fused = kernels.get(cell.activation)
+        if (fused is None or mask is not None
+                or (training and (cell.dropout or cell.recurrent_dropout))
+                or sequences.dtype not in (torch.float32, torch.float64)
+                or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            return original(self, sequences, initial_state, mask, training)
+        if self.go_backwards:
+            sequences = torch.flip(sequences, dims=[1])
+        state = initial_state[0] if isinstance(initial_state, (list, tuple)) else (
+            initial_state)
+        # Keras: h = act(x @ kernel + bias + h @ recurrent_kernel); torch keeps
+        # (out, in) weights and a second bias, here zero.
+        params = [cell.kernel.value.T, cell.recurrent_kernel.value.T]
+        if cell.bias is not None:
+            params += [cell.bias.value, torch.zeros_like(cell.bias.value)]
+        outputs, last_state = getattr(torch._VF, fused)(
+            sequences, state.unsqueeze(0), params, cell.bias is not None, 1, 0.0,
+            torch.is_grad_enabled(), False, True)
+        return outputs[:, -1], outputs, [last_state.squeeze(0)]
+
+    return inner_loop

@@ -122,6 +122,17 @@ RNN_CASES = {
         5, return_sequences=True, go_backwards=True),
     "lstm without bias (Keras's loop)": lambda: layers.LSTM(4, use_bias=False),
     "gru, relu (Keras's loop)": lambda: layers.GRU(4, activation="relu"),
+    "simple rnn": lambda: layers.SimpleRNN(8),
+    "simple rnn, relu, sequences, backwards": lambda: layers.SimpleRNN(
+        5, activation="relu", return_sequences=True, go_backwards=True),
+    "simple rnn without bias": lambda: layers.SimpleRNN(4, use_bias=False),
+    "simple rnn, sigmoid (Keras's loop)": lambda: layers.SimpleRNN(
+        4, activation="sigmoid"),
+    "simple rnn, dropout (Keras's loop)": lambda: layers.SimpleRNN(
+        4, dropout=0.0001, recurrent_dropout=0.0001),
+    "stacked simple rnn, relu over tanh": lambda: keras.Sequential([
+        layers.SimpleRNN(6, return_sequences=True),
+        layers.SimpleRNN(3, activation="relu")]),
 }
 
 
@@ -146,9 +157,9 @@ def test_masked_sequences_keep_keras_loop_and_results():
 
 
 def test_fused_kernels_are_taken_on_cpu(monkeypatch):
-    """Not just equal results: the LSTM/GRU run torch's fused kernel, and BN its."""
+    """Not just equal results: the RNNs and BatchNorm run torch's fused kernels."""
     calls = []
-    for name in ("lstm", "gru"):
+    for name in ("lstm", "gru", "rnn_tanh"):
         real = getattr(torch._VF, name)
         monkeypatch.setattr(torch._VF, name, lambda *a, _real=real, _n=name, **k: (
             calls.append(_n), _real(*a, **k))[1])
@@ -157,10 +168,11 @@ def test_fused_kernels_are_taken_on_cpu(monkeypatch):
         calls.append("batch_norm"), real_batch_norm(*a, **k))[1])
     inputs = keras.Input((5, 2))
     model = keras.Model(inputs, [layers.LSTM(3)(inputs), layers.GRU(3)(inputs),
+                                 layers.SimpleRNN(3)(inputs),
                                  layers.BatchNormalization()(inputs[:, 0])])
     calls.clear()
     model(images((2, 5, 2)), training=True)
-    assert sorted(calls) == ["batch_norm", "gru", "lstm"]
+    assert sorted(calls) == ["batch_norm", "gru", "lstm", "rnn_tanh"]
 
 
 def test_no_layout_copy_before_conv_and_pool():
