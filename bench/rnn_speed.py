@@ -17,19 +17,24 @@ Adam) on the adding problem, measured as
 
 The last column is Keras (1 thread) / torch reference, measured in the same run.
 
-Measured on a 2-core x86_64 CPU shared with other jobs (load average 7.7 to
-8.4), Keras 3.15.1, torch 2.13.0, ``python -m bench.rnn_speed``:
+Keras runs with ``common.speedups`` installed (it imports Lab 2, which trains
+through ``common.training``): LSTM/GRU/SimpleRNN go through torch's fused kernels
+unless a mask is given.
+
+Measured on a 2-core x86_64 CPU (load average 1.1-1.3), Keras 3.15.1, torch
+2.13.0, ``python -m bench.rnn_speed``:
 
 | cell | Keras fit, 1 thread | Keras fit, 2 threads | Keras + Masking, 1 thread | plain torch loop, 1 thread | Keras / torch |
 |---|---|---|---|---|---|
-| SimpleRNN | 429.0 | 2942.0 | 564.8 | 40.0 | 10.72x |
-| LSTM | 525.5 | 9923.4 | 930.3 | 165.7 | 3.17x |
-| GRU | 299.7 | 5743.5 | 1016.4 | 246.6 | 1.22x |
+| SimpleRNN | 23.7 | 26.2 | 122.1 | 16.4 | 1.45x |
+| LSTM | 57.4 | 27.9 | 181.7 | 36.9 | 1.56x |
+| GRU | 51.9 | 49.2 | 178.8 | 45.8 | 1.13x |
 
-Under this load the figures are noisy (about 2x between runs), but the
-orderings held: 2 threads are many times slower than 1 when the cores are
-shared; a mask costs LSTM/GRU 1.8 to 3.4x (Keras leaves its fused path);
-Keras's SimpleRNN, a generic per-step loop, is the furthest behind plain torch.
+Before ``common.speedups`` (Keras as shipped, load 7.7-8.4, so slower all round):
+SimpleRNN 429.0, LSTM 525.5, GRU 299.7 ms at 1 thread, 10.72x / 3.17x / 1.22x the
+torch loop. A mask still sends every cell to Keras's generic time loop (3-7x
+slower). With a free core, 2 threads help the LSTM here; on a shared machine
+(the load above) 2 spinning threads were 7-20x slower, hence Lab 2's default of 1.
 """  # noqa: E501
 
 import argparse

@@ -61,30 +61,35 @@ spinning OpenMP threads measured 7 to 45 times slower per step than one
 
 Measured on a 2-core x86_64 CPU, torch backend, Keras 3.15.1, torch 2.13.0,
 1 torch thread, defaults (adding, 50 steps, 8,000 training / 1,000 validation /
-2,000 test sequences, 32 units, Adam 3e-3, batch 128, 12 epochs). The machine
-was shared with other jobs; the load average is given with each figure.
+2,000 test sequences, 32 units, Adam 3e-3, batch 128, 12 epochs), load average
+about 1, with ``common.speedups`` (torch's fused RNN kernels; see below).
 
-    python -m labs.lab2_rnn --arch 3            (load average 4.2 to 5.5)
-    SimpleRNN: test MSE 0.148 vs 0.172 for the mean predictor; 110 s training,
-    134 s wall in all.  --quick: 15 s wall (load 2.9).
+    python -m labs.lab2_rnn --arch 3
+    SimpleRNN: test MSE 0.152 vs 0.172 for the mean predictor; 17 s training,
+    30 s wall in all. Keras as shipped (WORKBOOK_KERAS_FIXES=0, same load):
+    MSE 0.148, 73 s training, 87 s wall.
 
-    python -m labs.lab2_rnn --arch 3 --compare  (load average 6 to 9; 694 s wall)
+    python -m labs.lab2_rnn --arch 3 --compare  (112 s wall)
     | cell      | test MSE | parameters | train time (s) | inference (ms/seq) |
     |-----------|----------|------------|----------------|--------------------|
-    | SimpleRNN | 0.1483   | 4,289      | 306            | 0.58               |
-    | LSTM      | 0.0048   | 13,889     | 199            | 0.34               |
-    | GRU       | 0.0003   | 10,881     | 140            | 0.32               |
+    | SimpleRNN | 0.1519   | 4,289      | 15             | 0.035              |
+    | LSTM      | 0.0044   | 13,889     | 39             | 0.091              |
+    | GRU       | 0.0003   | 10,881     | 40             | 0.104              |
 
 GRU solves the task by epoch 4, LSTM by epoch 8; SimpleRNN never gets far
 below the baseline. Part of SimpleRNN's trouble is exploding gradients: with
-``--clipnorm 1.0`` (15 epochs) it reached 0.027, still 10 times behind the GRU.
-Train times depend on the load: the same SimpleRNN run took 110 s at load 5
-and 281 to 306 s at load 8 (results identical: runs are deterministic).
+``--clipnorm 1.0`` (15 epochs) it reached 0.027, still 10 times behind the GRU
+(measured before ``common.speedups``). Runs are deterministic for a given code
+path; the fused kernels sum in another order than Keras's Python loop, so their
+figures differ in the third digit (0.152 vs 0.148 above). Before the fused
+kernels, at load 6-9, ``--compare`` took 694 s (306 / 199 / 140 s training).
 
-Other data (same machine and load, 1 thread):
-``--dataset digits --cell gru`` (40 epochs): test accuracy 0.961, 23 s training.
+Other data (1 thread):
+``--dataset digits --cell gru`` (40 epochs): test accuracy 0.961, 10 s training
+(load ~1).
 ``--dataset seasonal --cell gru --num-sequences 3000 --epochs 8``: test MSE
-0.053 vs 0.123 for repeating the last value and 0.99 for the mean, 46 s.
+0.053 vs 0.123 for repeating the last value and 0.99 for the mean, 46 s (load ~7,
+before ``common.speedups``).
 """
 
 import copy

@@ -52,14 +52,16 @@ helper). At 32x32 the last block outputs are 1x1, so the deepest 4x4 one is used
 
 ``--resume`` is refused: the phases (and --compare's modes) are separate fits.
 
-Measured on a 2-core CPU shared with four other jobs (torch 2.13 CPU, Keras 3.15.1;
-no ImageNet weights, no GPU lent, so GPU images/s per phase are not measured):
+Measured on a 2-core CPU (torch 2.13 CPU, Keras 3.15.1; no ImageNet weights, no
+GPU lent, so GPU images/s per phase are not measured):
 
 - ``python -m labs.lab4_finetune`` (digits, 600 training images, 3 head + 3
   fine-tune epochs, batch 32): test accuracy 0.553, macro F1 0.50 (random
-  backbone). 1,103 s wall at load average 8 to 10 (the process got 40% of one
-  core); 452 s of CPU time. Re-measured at load 2-3 (lead, same command,
-  same figures): 288 s training, 4 min 59 s wall. Trainable parameters: 20,490
+  backbone). At load average ~1: 57 s training, 79 s wall; phase 1 (head) 81
+  images/s, phase 2 (top 2 blocks) 52 images/s. The same run on Keras as shipped
+  (``WORKBOOK_KERAS_FIXES=0``, same load): 67 s training, 87 s wall, 64 and 47
+  images/s, identical accuracy. Earlier, with other jobs on the machine: 1,103 s
+  wall at load 8 to 10, 4 min 59 s at load 2-3. Trainable parameters: 20,490
   in phase 1, 8,937,482 in phase 2 (top 2 blocks), of 23,585,290.
 - ``--quick`` (64 / 32 / 32 images, 1 + 1 epochs): 109 s wall at load 7.8, 52 s
   of CPU time.
