@@ -71,6 +71,12 @@ def package_versions():
     return versions
 
 
+def keras_fixes():
+    """Whether common.speedups's fixes to Keras's torch backend are in place."""
+    speedups = sys.modules.get("common.speedups")
+    return "installed" if speedups is not None and speedups.installed() else "off"
+
+
 def _slug(text):
     keep = "".join(c if c.isalnum() or c in "_." else "-" for c in str(text))
     return "-".join(part for part in keep.split("-") if part)[:40] or "data"
@@ -164,6 +170,7 @@ class Run:
             "argv": list(argv),
             "args": vars(args),
             "backend": keras.backend.backend(),
+            "keras_fixes": keras_fixes(),
             "versions": package_versions(),
             "seed": args.seed,
             "host": platform.node(),

@@ -1,4 +1,4 @@
-"""Faster Keras-on-torch training on CPU: three fixes to Keras's torch backend.
+"""Faster Keras-on-torch training: four fixes to Keras's torch backend.
 
 Keras 3.15.1 on the torch backend does avoidable work in every training step
 (measured in bench/README.md, "Where the time goes"):
@@ -58,7 +58,7 @@ def installed():
 
 
 def install():
-    """Install the three fixes (idempotent); return why not, or None."""
+    """Install the fixes (idempotent); return why they cannot be, or None."""
     reason = available()
     if reason or _saved:
         return reason

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from common import cli, data, plots
+from common import cli, data, plots, speedups, training  # noqa: F401
 from common.callbacks import HistoryRecorder, early_stopping
 from common.runs import Run, _prepare_directory, seed_everything
 from common.training import fit
@@ -78,6 +78,8 @@ def test_run_create_writes_config_and_refuses_nonempty(tmp_path):
     ):
         assert key in config
     assert config["backend"] == keras.backend.backend()
+    # common.training installs them wherever they can be (torch, tested Keras)
+    assert config["keras_fixes"] == ("off" if speedups.available() else "installed")
     assert config["command"] == f"python -m labs.labx --out {out}"
     assert (out / "plots").is_dir()
     run.write_metrics({"status": "completed", "loss": float("nan"), "x": np.float32(2)})

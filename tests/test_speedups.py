@@ -228,3 +228,42 @@ def test_fit_save_and_reload_with_the_fixes(tmp_path):
     reloaded = load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(reloaded.predict(data, verbose=0),
                                model.predict(data, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", [layers.SimpleRNN, layers.LSTM, layers.GRU])
+def test_stateful_recurrent_layers_carry_the_same_state(cell):
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((6, 3), batch_size=2)
+    model = keras.Model(inputs, cell(4, stateful=True)(inputs))
+    batches = [images((2, 6, 3), seed) for seed in (1, 2)]
+    start = model.get_weights()
+    results = []
+    for fixed in (True, False):
+        if fixed:
+            speedups.install()
+        else:
+            speedups.uninstall()
+        model.set_weights(start)
+        model.layers[-1].reset_state()
+        results.append([keras.ops.convert_to_numpy(model(x)) for x in batches])
+    np.testing.assert_allclose(results[0], results[1], atol=TOLERANCE)
+    assert not np.allclose(results[0][0], results[0][1])  # the state moved on
+
+
+def test_mixed_precision_keeps_keras_paths():
+    """float16/bfloat16 compute: BatchNorm and the RNNs fall back to Keras's code."""
+    keras.utils.set_random_seed(6)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        inputs = keras.Input((8, 8, 2))
+        x = layers.BatchNormalization()(layers.Conv2D(3, 3)(inputs))
+        x = layers.LSTM(4)(layers.Reshape((6, 18))(x))
+        model = keras.Model(inputs, layers.Dense(2, dtype="float32")(x))
+        outputs = []
+        for fixed in (True, False):
+            (speedups.install if fixed else speedups.uninstall)()
+            outputs.append(keras.ops.convert_to_numpy(
+                model(images((3, 8, 8, 2)), training=True)))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-2)
