@@ -24,8 +24,16 @@ masks, renorm, mixed precision, custom activations, tracing) and gives the same
 outputs and gradients to float32 rounding (tests/test_speedups.py). They replace
 private Keras functions, so they are installed only on the torch backend and only
 for the Keras versions they were tested with; ``WORKBOOK_KERAS_FIXES=0`` turns
-them off (bench/train_step.py compares both). ``common.training`` installs them,
-so every lab gets them.
+them off (bench/train_step.py compares both). ``common.training`` installs them
+when it is imported, as ``common`` sets its environment defaults, so every lab
+gets them before it builds a model; config.json records ``keras_fixes``.
+
+This is patching another library's internals, which the workbook otherwise
+avoids. It is done here because the waste is inside Keras's backend functions,
+which no layer subclass of ours would reach (Lab 4's ResNet50V2 comes from
+``keras.applications``; students write plain ``Conv2D``/``LSTM``), and because the
+labs keep Keras's own layers. Drop a fix when the Keras pin moves past its
+upstream change (``TESTED_KERAS`` makes a new Keras run unpatched until then).
 """
 
 import importlib
