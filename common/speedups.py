@@ -100,6 +100,13 @@ def _replacements():
     ]
 
 
+def _tracing():
+    """Under torch.compile or TorchScript tracing every fix leaves Keras's code be
+    (as Keras does for its own fused CUDA path): measured, jit_compile=True did
+    not compile Lab 1's model with them (dynamic batch dimension)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 # ----------------------------------------------------------------------------
 # Layouts: NHWC -> an NCHW view with channels_last strides instead of a copy
 # ----------------------------------------------------------------------------
@@ -109,7 +116,7 @@ _CHANNELS_LAST = {4: ((0, 3, 1, 2), torch.channels_last),
 
 def _layout_fix(original):
     def transpose_spatial_inputs(inputs):
-        if inputs.ndim not in _CHANNELS_LAST:  # 1-D convs and pools: Keras's way
+        if inputs.ndim not in _CHANNELS_LAST or _tracing():  # 1-D: Keras's way
             return original(inputs)
         order, memory_format = _CHANNELS_LAST[inputs.ndim]
         return inputs.permute(order).contiguous(memory_format=memory_format)
@@ -122,7 +129,7 @@ def _layout_fix(original):
 # ----------------------------------------------------------------------------
 def _batch_norm_fix(original):
     def call(self, inputs, training=None, mask=None):
-        if (mask is not None or self.renorm or self.synchronized
+        if (mask is not None or self.renorm or self.synchronized or _tracing()
                 or inputs.ndim not in (2, 4)
                 or self.axis not in (-1, inputs.ndim - 1)
                 or inputs.dtype != torch.float32 or self.compute_dtype != "float32"
@@ -163,8 +170,7 @@ def _fused_ok(activation, recurrent_activation, bias, inputs):
             and activation in (activations.tanh, torch.tanh, ops.tanh)
             and recurrent_activation in (activations.sigmoid, torch.sigmoid,
                                          ops.sigmoid)
-            and inputs.dtype in (torch.float32, torch.float64)
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+            and inputs.dtype in (torch.float32, torch.float64) and not _tracing())
 
 
 def _lstm_fix(rnn):
@@ -214,7 +220,7 @@ def _simple_rnn_fix(original):
         if (fused is None or mask is not None
                 or (training and (cell.dropout or cell.recurrent_dropout))
                 or sequences.dtype not in (torch.float32, torch.float64)
-                or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+                or _tracing()):
             return original(self, sequences, initial_state, mask, training)
         if self.go_backwards:
             sequences = torch.flip(sequences, dims=[1])

@@ -267,3 +267,19 @@ def test_mixed_precision_keeps_keras_paths():
     finally:
         keras.config.set_dtype_policy("float32")
     np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-2)
+
+
+def test_jit_compile_fit_runs_with_the_fixes_installed():
+    """torch.compile traces Keras's own code: the fixes step aside while tracing."""
+    from labs.lab1_cnn import build_baseline
+
+    keras.utils.set_random_seed(7)
+    data = images((96, 8, 8, 1))
+    labels = np.arange(96) % 10
+    normalization = layers.Normalization()
+    normalization.adapt(data)
+    model = build_baseline((8, 8, 1), 10, normalization, width=4)
+    model.compile("adam", "sparse_categorical_crossentropy", jit_compile=True)
+    history = model.fit(data, labels, epochs=2, batch_size=32, verbose=0)
+    assert speedups.installed()
+    assert np.isfinite(history.history["loss"]).all()
