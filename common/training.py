@@ -20,8 +20,9 @@ from common.cli import RunInterrupted, WorkbookError
 from common.runs import BACKUP
 
 # Keras's torch backend, fixed where it does avoidable work per step (layout
-# copies, unfused BatchNormalization, a Python time loop for LSTM/GRU on CPU):
-# every lab trains through this module, so every lab gets the fixes.
+# copies, unfused BatchNormalization, Python time loops for the RNN layers):
+# every lab trains through this module, so every lab gets the fixes before it
+# builds a model (WORKBOOK_KERAS_FIXES=0 turns them off; see common/speedups.py).
 speedups.install()
 
 
