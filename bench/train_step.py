@@ -84,7 +84,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from common import speedups, training  # noqa: E402
-from common.runs import seed_everything  # noqa: E402
+from common.runs import keras_fixes, seed_everything  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_THREADS = torch.get_num_threads()
@@ -820,14 +820,15 @@ def measure(case, args, scratch):
         print(f"  {case.name} repeat {repeat}: " + ", ".join(
             f"{runner} {clock_text(figures[runner])}" for runner in runners)
             + f" ms/step (wall, CPU), load {loads[-1]:.1f}", flush=True)
-    torch_columns = list(zip(*figures["torch"]))
+
+    def against_torch(runner):
+        return [paired(k, t) for k, t in zip(zip(*figures[runner]),
+                                             zip(*figures["torch"]))]
+
     row = dict(case=case, threads=threads, difference=difference,
-               figures=[paired(k, t) for k, t in zip(zip(*figures["keras"]),
-                                                     torch_columns)],
-               load=statistics.median(loads))
-    if figures.get("shipped"):
-        row["shipped"] = [paired(k, t) for k, t in zip(zip(*figures["shipped"]),
-                                                        torch_columns)]
+               figures=against_torch("keras"), load=statistics.median(loads))
+    if "shipped" in runners:
+        row["shipped"] = against_torch("shipped")
     return row
 
 
@@ -846,8 +847,7 @@ def machine_line(threads_text):
             f"(1/5/15 min); Python "
             f"{platform.python_version()}, keras {keras.__version__}, torch "
             f"{torch.__version__}, numpy {np.__version__}, backend "
-            f"{keras.backend.backend()}, common.speedups "
-            f"{'installed' if speedups.installed() else 'off'}")
+            f"{keras.backend.backend()}, common.speedups {keras_fixes()}")
 
 
 def ratio_text(figures):

@@ -114,12 +114,17 @@ _CHANNELS_LAST = {4: ((0, 3, 1, 2), torch.channels_last),
                   5: ((0, 4, 1, 2, 3), torch.channels_last_3d)}
 
 
+def _nchw_view(inputs):
+    """(N, H, W, C) -> (N, C, H, W) sharing the memory (a copy only if strided)."""
+    order, memory_format = _CHANNELS_LAST[inputs.ndim]
+    return inputs.permute(order).contiguous(memory_format=memory_format)
+
+
 def _layout_fix(original):
     def transpose_spatial_inputs(inputs):
         if inputs.ndim not in _CHANNELS_LAST or _tracing():  # 1-D: Keras's way
             return original(inputs)
-        order, memory_format = _CHANNELS_LAST[inputs.ndim]
-        return inputs.permute(order).contiguous(memory_format=memory_format)
+        return _nchw_view(inputs)
 
     return transpose_spatial_inputs
 
@@ -135,8 +140,7 @@ def _batch_norm_fix(original):
                 or inputs.dtype != torch.float32 or self.compute_dtype != "float32"
                 or self.moving_mean.dtype != "float32"):
             return original(self, inputs, training=training, mask=mask)
-        x = inputs if inputs.ndim == 2 else (
-            inputs.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
+        x = inputs if inputs.ndim == 2 else _nchw_view(inputs)
         gamma = self.gamma.value if self.scale else None
         beta = self.beta.value if self.center else None
         if training and self.trainable:
@@ -160,8 +164,11 @@ def _batch_norm_fix(original):
 
 
 # ----------------------------------------------------------------------------
-# LSTM / GRU: torch's fused kernels on CPU, as Keras does on CUDA
+# LSTM / GRU: torch's fused kernels on CPU, as Keras does on CUDA; SimpleRNN too
 # ----------------------------------------------------------------------------
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
 def _fused_ok(activation, recurrent_activation, bias, inputs):
     """Keras's own test for the fused path, less its "is this CUDA" part."""
     from keras.src import activations, ops
@@ -170,7 +177,7 @@ def _fused_ok(activation, recurrent_activation, bias, inputs):
             and activation in (activations.tanh, torch.tanh, ops.tanh)
             and recurrent_activation in (activations.sigmoid, torch.sigmoid,
                                          ops.sigmoid)
-            and inputs.dtype in (torch.float32, torch.float64) and not _tracing())
+            and inputs.dtype in _FUSED_DTYPES and not _tracing())
 
 
 def _lstm_fix(rnn):
@@ -219,13 +226,11 @@ def _simple_rnn_fix(original):
         fused = kernels.get(cell.activation)
         if (fused is None or mask is not None
                 or (training and (cell.dropout or cell.recurrent_dropout))
-                or sequences.dtype not in (torch.float32, torch.float64)
-                or _tracing()):
+                or sequences.dtype not in _FUSED_DTYPES or _tracing()):
             return original(self, sequences, initial_state, mask, training)
         if self.go_backwards:
             sequences = torch.flip(sequences, dims=[1])
-        state = initial_state[0] if isinstance(initial_state, (list, tuple)) else (
-            initial_state)
+        state = initial_state[0]  # RNN.call always passes a list
         # Keras: h = act(x @ kernel + bias + h @ recurrent_kernel); torch keeps
         # (out, in) weights and a second bias, here zero.
         params = [cell.kernel.value.T, cell.recurrent_kernel.value.T]

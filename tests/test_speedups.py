@@ -38,19 +38,21 @@ def step(model, x, y, training=True):
             [w.copy() for w in model.get_weights()])
 
 
-def fixed_and_original(model, x, training=True):
-    """``step`` with the fixes, then without, from the same starting weights."""
+def fixed_then_original(model, work):
+    """``work()`` with the fixes, then without, from the same starting weights."""
     start = model.get_weights()
-    y = np.zeros(model.output_shape[1:], "float32")
     results = []
-    for fixed in (True, False):
-        if fixed:
-            speedups.install()
-        else:
-            speedups.uninstall()
+    for switch in (speedups.install, speedups.uninstall):
+        switch()
         model.set_weights(start)
-        results.append(step(model, x, y, training))
+        results.append(work())
     return results
+
+
+def fixed_and_original(model, x, training=True):
+    """``step`` with the fixes, then without."""
+    y = np.zeros(model.output_shape[1:], "float32")
+    return fixed_then_original(model, lambda: step(model, x, y, training))
 
 
 def assert_same(fixed, original):
@@ -236,16 +238,12 @@ def test_stateful_recurrent_layers_carry_the_same_state(cell):
     inputs = keras.Input((6, 3), batch_size=2)
     model = keras.Model(inputs, cell(4, stateful=True)(inputs))
     batches = [images((2, 6, 3), seed) for seed in (1, 2)]
-    start = model.get_weights()
-    results = []
-    for fixed in (True, False):
-        if fixed:
-            speedups.install()
-        else:
-            speedups.uninstall()
-        model.set_weights(start)
+
+    def two_batches():
         model.layers[-1].reset_state()
-        results.append([keras.ops.convert_to_numpy(model(x)) for x in batches])
+        return [keras.ops.convert_to_numpy(model(x)) for x in batches]
+
+    results = fixed_then_original(model, two_batches)
     np.testing.assert_allclose(results[0], results[1], atol=TOLERANCE)
     assert not np.allclose(results[0][0], results[0][1])  # the state moved on
 
@@ -259,11 +257,8 @@ def test_mixed_precision_keeps_keras_paths():
         x = layers.BatchNormalization()(layers.Conv2D(3, 3)(inputs))
         x = layers.LSTM(4)(layers.Reshape((6, 18))(x))
         model = keras.Model(inputs, layers.Dense(2, dtype="float32")(x))
-        outputs = []
-        for fixed in (True, False):
-            (speedups.install if fixed else speedups.uninstall)()
-            outputs.append(keras.ops.convert_to_numpy(
-                model(images((3, 8, 8, 2)), training=True)))
+        outputs = fixed_then_original(model, lambda: keras.ops.convert_to_numpy(
+            model(images((3, 8, 8, 2)), training=True)))
     finally:
         keras.config.set_dtype_policy("float32")
     np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-2)
