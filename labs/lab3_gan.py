@@ -67,9 +67,10 @@ estimate), plots/quality.png (metric per epoch), metrics.json, model.keras (the
 generator: ``keras.saving.load_model(path)`` then ``predict`` on
 ``keras.random.normal((n, latent_dim))``).
 
-Measured with the defaults (seed 0; 2-core x86 CPU shared with other jobs, load
-average 1-3 during these runs; one torch thread, see TORCH_THREADS; torch 2.13
-CPU, Keras 3.15.1).
+Measured with the defaults (seed 0; 2-core x86 CPU, one torch thread, see
+TORCH_THREADS; torch 2.13 CPU, Keras 3.15.1). The ring rows ran at load average
+1-3 before ``common.speedups`` (dense layers only: the fixes do not touch them);
+the digits rows at load ~1 with it.
 The runs are deterministic: ``--compare`` gives the same figures. "train" is the
 ``fit`` call; "total" the whole command, imports and figures included.
 
@@ -79,11 +80,12 @@ The runs are deterministic: ``--compare`` gives the same figures. "train" is the
 |                                       | share 0.34, mode dist. 0.65  |               |
 | --arch wgan-gp (ring)                 | 8 of 8 modes, high-quality   | 229 s / 250 s |
 |                                       | share 0.72, mode dist. 0.27  | (171 s CPU)   |
-| --arch dcgan (digits, 16x16)          | FD 178.6 -> 13.7 (best epoch | 62 s / 85 s   |
-|                                       | 21 of 40), confidence 0.77   |               |
-| --arch wgan-gp --dataset digits       | FD 178.6 -> 12.7 (best epoch | 165 s / 189 s |
+| --arch dcgan (digits, 16x16)          | FD 178.6 -> 12.3 (best epoch | 58 s / 76 s   |
+|                                       | 21 of 40), confidence 0.79   |               |
+| --arch wgan-gp --dataset digits       | FD 178.6 -> 11.9 (best epoch | 126 s / 146 s |
 |                                       | 22 of 30), confidence 0.78   |               |
-| --compare (digits): mlp               | FD 157.8 -> 34.8, conf. 0.73 | 137 s (load 7)|
+| --compare (digits)                    | FD mlp 34.8, dcgan 12.3,     | 24 / 50 / 127 |
+|                                       | wgan-gp 11.9                 | s / 226 s     |
 
 On digits the classifier CNN reaches test accuracy 0.975, its confidence on real
 test images is 0.95 and the distance between two real samples (the floor) is

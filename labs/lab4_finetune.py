@@ -64,10 +64,12 @@ GPU lent, so GPU images/s per phase are not measured):
   wall at load 8 to 10, 4 min 59 s at load 2-3. Trainable parameters: 20,490
   in phase 1, 8,937,482 in phase 2 (top 2 blocks), of 23,585,290.
 - ``--quick`` (64 / 32 / 32 images, 1 + 1 epochs): 109 s wall at load 7.8, 52 s
-  of CPU time.
-- ``--compare --train-images 300 --epochs 4`` (batch 64): test accuracy scratch
-  0.106, head 0.175, finetune 0.139 (all near chance: too few steps on a random
-  backbone); 996 s wall at load 7, 478 s of CPU time.
+  of CPU time (before ``common.speedups``).
+- ``--compare --train-images 300 --epochs 4`` (batch 64), load ~1: test accuracy
+  scratch 0.267, head 0.114, finetune 0.153 (all weak: too few steps, and a
+  random backbone gives the head nothing to build on); 44 / 22 / 32 s training,
+  147 s wall. Before ``common.speedups``: 0.106 / 0.175 / 0.139, 996 s wall at
+  load 7 (same seeds; the fused kernels change the trajectories).
 - images/s per phase (parameters.json) swing with the other jobs' load here.
 """
 
