@@ -10,7 +10,6 @@ Every lab builds its parser with :func:`make_parser` and runs through :func:`run
 import argparse
 import json
 import sys
-import textwrap
 import traceback
 from pathlib import Path
 
@@ -180,8 +179,9 @@ def resume_argv(argv, lab):
 
 
 def paragraph(text):
-    """Wrap a message into one readable paragraph for the terminal."""
-    return textwrap.fill(" ".join(str(text).split()), width=88)
+    """A message as one paragraph on one line: the terminal wraps it, so a command
+    or flag in it is never broken across lines (and tests compare it as it is)."""
+    return " ".join(str(text).split())
 
 
 def run(main, argv=None):

@@ -137,7 +137,7 @@ def image_grid(images, titles, path, title, columns=8, title_colors=None):
     return save(figure, path)
 
 
-def bar_chart(names, panels, path, title):
+def bar_chart(names, panels, path, title, xlabel="model"):
     """One bar panel per quantity: ``panels`` is {"label (unit)": [value per name]}."""
     figure, axes = plt.subplots(
         1, len(panels), figsize=(4 * len(panels), 3.8), squeeze=False
@@ -148,7 +148,7 @@ def bar_chart(names, panels, path, title):
         axis.bar_label(bars, labels=[f"{value:.3g}" for value in values], fontsize=8)
         axis.set_title(label)
         axis.set_ylabel(label)
-        axis.set_xlabel("model")
+        axis.set_xlabel(xlabel)
         axis.tick_params(axis="x", rotation=20)
         axis.grid(axis="y", alpha=0.3)
         axis.margins(y=0.15)
@@ -170,4 +170,86 @@ def curves(series, path, title, xlabel, ylabel, log_y=False, markers=None):
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend()
+    return save(figure, path)
+
+
+def variant_learning_curves(histories, path, title, monitor="val_loss"):
+    """Every variant of a comparison on one figure: validation (solid) and
+    training (dashed) loss, and the first other metric, per epoch.
+
+    ``histories`` is {variant: history rows}.
+    """
+    first = next(iter(histories.values()))[0]
+    skip = {"epoch", "epoch_seconds", "learning_rate", "loss"}
+    others = [k for k in first if k not in skip and not k.startswith("val_")]
+    keys = ["loss"] + others[:1]
+    figure, axes = plt.subplots(
+        1, len(keys), figsize=(6 * len(keys), 4.4), squeeze=False
+    )
+    for index, (name, rows) in enumerate(histories.items()):
+        color = CELL_COLORS[index % len(CELL_COLORS)]
+        epochs = [row["epoch"] for row in rows]
+        for axis, key in zip(axes[0], keys):
+            if any(row.get(f"val_{key}") is not None for row in rows):
+                axis.plot(
+                    epochs,
+                    [row.get(f"val_{key}") for row in rows],
+                    "o-",
+                    color=color,
+                    markersize=3,
+                    label=f"{name} (validation)",
+                )
+            axis.plot(
+                epochs,
+                [row.get(key) for row in rows],
+                "--",
+                color=color,
+                alpha=0.6,
+                label=f"{name} (training)",
+            )
+    for axis, key in zip(axes[0], keys):
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(key.replace("_", " "))
+        axis.set_title(key.replace("_", " ") + " per epoch")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle(title)
+    return save(figure, path)
+
+
+def comparison_bars(rows, key, path, title, best=None):
+    """plots/comparison.png: the headline metric, parameters, train time and (when
+    measured) inference time per variant; the best variant's name is starred."""
+    panels = {key.replace("_", " "): key, "parameters (count)": "params"}
+    panels["train time (s)"] = "train_seconds"
+    for extra in ("inference_ms_per_image", "inference_ms_per_sample"):
+        if any(extra in row for row in rows):
+            panels[extra.replace("_", " ").replace("ms per", "(ms per") + ")"] = extra
+    names = [row["variant"] + (" *" if row["variant"] == best else "") for row in rows]
+    values = {
+        label: [float(row.get(name) or 0.0) for row in rows]
+        for label, name in panels.items()
+    }
+    return bar_chart(
+        names, values, path, f"{title}\n(* best by {key.replace('_', ' ')})"
+    )
+
+
+def scatter_groups(rows, x_key, y_key, group_key, path, title, xlabel, ylabel):
+    """One point per row (e.g. a tuner trial), coloured by ``group_key``, log x."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for group in dict.fromkeys(row[group_key] for row in rows):
+        chosen = [row for row in rows if row[group_key] == group]
+        axis.scatter(
+            [row[x_key] for row in chosen],
+            [row[y_key] for row in chosen],
+            label=str(group),
+            alpha=0.8,
+        )
+    axis.set_xscale("log")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(title=group_key.replace("_", " "))
     return save(figure, path)

@@ -11,6 +11,7 @@ report.md     a short human summary with the plots embedded
 ```
 """
 
+import contextlib
 import json
 import math
 import os
@@ -119,6 +120,7 @@ class Run:
     """A run directory being written. Create it with :meth:`Run.create`."""
 
     def __init__(self, path, lab, config, initial_rows=()):
+        self.sections = []
         self.path = Path(path)
         self.lab = lab
         self.config = config
@@ -131,7 +133,7 @@ class Run:
         return bool(self.config.get("resumed"))
 
     @classmethod
-    def reopen(cls, lab, args):
+    def reopen(cls, lab, args, requires_checkpoint=True):
         """An interrupted run to continue: its history is trimmed to the checkpoint."""
         path = Path(args.resume)
         config = json.loads((path / "config.json").read_text())
@@ -140,6 +142,12 @@ class Run:
         except (OSError, ValueError):
             rows = []
         metadata = path / BACKUP / "training_metadata.json"
+        if not requires_checkpoint:
+            config["resumed"] = config.get("resumed", 0) + 1
+            run = cls(path, lab, config)
+            run.write_config()
+            print(f"resuming {path}")
+            return run
         if not metadata.exists():
             raise WorkbookError(
                 f"--resume {path}: the run has no checkpoint ({metadata} is missing), "
@@ -154,12 +162,12 @@ class Run:
         return run
 
     @classmethod
-    def create(cls, lab, args, argv):
+    def create(cls, lab, args, argv, requires_checkpoint=True):
         """Make the folder (refusing a non-empty ``--out``) and write config.json."""
         import keras
 
         if getattr(args, "resume", None):
-            return cls.reopen(lab, args)
+            return cls.reopen(lab, args, requires_checkpoint)
         arch = getattr(args, "arch", "default")
         path = _prepare_directory(args.out, lab, arch, args.dataset)
         config = {
@@ -198,9 +206,14 @@ class Run:
         """Save ``model`` as .keras through a temporary file and a rename."""
         target = self.path / name
         temporary = self.path / f".tmp-{name}"
-        model.save(temporary)
+        with _without_tensorflow():
+            model.save(temporary)
         os.replace(temporary, target)
         return target
+
+    def add_section(self, heading, markdown):
+        """A section of report.md (a lab's table, a generated paragraph)."""
+        self.sections.append((heading, markdown))
 
     def write_report(self, title, metrics, sections=()):
         """report.md: command, data, figures, and every plot embedded."""
@@ -216,7 +229,7 @@ class Run:
                 value = f"{value:.4g}"
             lines.append(f"| {key} | {value} |")
         lines.append("")
-        for heading, text in sections:
+        for heading, text in [*self.sections, *sections]:
             lines += [f"## {heading}", "", text.rstrip(), ""]
         plots = sorted(self.plots.glob("*.png"))
         if plots:
@@ -231,6 +244,24 @@ class Run:
     def finish(self):
         """The last line a lab prints."""
         print(f"run: {self.path}")
+
+
+@contextlib.contextmanager
+def _without_tensorflow():
+    """Keras's serializer asks whether TensorFlow is importable (to recognise TF
+    shapes and dtypes) and so imports it, 4-5 s, in a run that never used it. A
+    process that has not imported TensorFlow holds no TF object: say it is absent."""
+    from keras.src.utils import module_utils
+
+    lazy = module_utils.tensorflow
+    if "tensorflow" in sys.modules or lazy._available is not None:
+        yield
+        return
+    lazy._available = False
+    try:
+        yield
+    finally:
+        lazy._available = None
 
 
 def seed_everything(seed):
@@ -284,4 +315,3 @@ def load_model(path):
         raise WorkbookError(
             f"cannot read the model file {path} ({error}). Check the path."
         ) from error
-

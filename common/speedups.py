@@ -54,8 +54,10 @@ def available():
     if keras.backend.backend() != "torch":
         return f"the Keras backend is {keras.backend.backend()}, not torch"
     if keras.__version__ not in TESTED_KERAS:
-        return (f"Keras {keras.__version__} is not a version they were tested "
-                f"with ({', '.join(TESTED_KERAS)})")
+        return (
+            f"Keras {keras.__version__} is not a version they were tested "
+            f"with ({', '.join(TESTED_KERAS)})"
+        )
     if os.environ.get(SWITCH, "1") == "0":
         return f"{SWITCH}=0"
     return None
@@ -86,17 +88,27 @@ def _replacements():
     torch_nn = importlib.import_module("keras.src.backend.torch.nn")
     torch_rnn = importlib.import_module("keras.src.backend.torch.rnn")
     batch_norm = importlib.import_module(
-        "keras.src.layers.normalization.batch_normalization")
+        "keras.src.layers.normalization.batch_normalization"
+    )
     simple_rnn = importlib.import_module("keras.src.layers.rnn.simple_rnn")
     return [
-        (torch_nn, "_transpose_spatial_inputs",
-         _layout_fix(torch_nn._transpose_spatial_inputs)),
-        (batch_norm.BatchNormalization, "call",
-         _batch_norm_fix(batch_norm.BatchNormalization.call)),
+        (
+            torch_nn,
+            "_transpose_spatial_inputs",
+            _layout_fix(torch_nn._transpose_spatial_inputs),
+        ),
+        (
+            batch_norm.BatchNormalization,
+            "call",
+            _batch_norm_fix(batch_norm.BatchNormalization.call),
+        ),
         (torch_rnn, "_fallback_lstm", _lstm_fix(torch_rnn)),
         (torch_rnn, "_fallback_gru", _gru_fix(torch_rnn)),
-        (simple_rnn.SimpleRNN, "inner_loop",
-         _simple_rnn_fix(simple_rnn.SimpleRNN.inner_loop)),
+        (
+            simple_rnn.SimpleRNN,
+            "inner_loop",
+            _simple_rnn_fix(simple_rnn.SimpleRNN.inner_loop),
+        ),
     ]
 
 
@@ -110,8 +122,10 @@ def _tracing():
 # ----------------------------------------------------------------------------
 # Layouts: NHWC -> an NCHW view with channels_last strides instead of a copy
 # ----------------------------------------------------------------------------
-_CHANNELS_LAST = {4: ((0, 3, 1, 2), torch.channels_last),
-                  5: ((0, 4, 1, 2, 3), torch.channels_last_3d)}
+_CHANNELS_LAST = {
+    4: ((0, 3, 1, 2), torch.channels_last),
+    5: ((0, 4, 1, 2, 3), torch.channels_last_3d),
+}
 
 
 def _nchw_view(inputs):
@@ -134,11 +148,17 @@ def _layout_fix(original):
 # ----------------------------------------------------------------------------
 def _batch_norm_fix(original):
     def call(self, inputs, training=None, mask=None):
-        if (mask is not None or self.renorm or self.synchronized or _tracing()
-                or inputs.ndim not in (2, 4)
-                or self.axis not in (-1, inputs.ndim - 1)
-                or inputs.dtype != torch.float32 or self.compute_dtype != "float32"
-                or self.moving_mean.dtype != "float32"):
+        if (
+            mask is not None
+            or self.renorm
+            or self.synchronized
+            or _tracing()
+            or inputs.ndim not in (2, 4)
+            or self.axis not in (-1, inputs.ndim - 1)
+            or inputs.dtype != torch.float32
+            or self.compute_dtype != "float32"
+            or self.moving_mean.dtype != "float32"
+        ):
             return original(self, inputs, training=training, mask=mask)
         x = inputs if inputs.ndim == 2 else _nchw_view(inputs)
         gamma = self.gamma.value if self.scale else None
@@ -147,17 +167,26 @@ def _batch_norm_fix(original):
             # The kernel's own batch statistics: mean and 1/sqrt(var + eps), the
             # biased variance Keras averages (torch's running_var is unbiased).
             outputs, mean, inverse_std = torch.native_batch_norm(
-                x, gamma, beta, None, None, True, 0.0, self.epsilon)
+                x, gamma, beta, None, None, True, 0.0, self.epsilon
+            )
             variance = inverse_std.detach() ** -2 - self.epsilon
             momentum = self.momentum
             self.moving_mean.assign(
-                self.moving_mean.value * momentum + mean.detach() * (1.0 - momentum))
+                self.moving_mean.value * momentum + mean.detach() * (1.0 - momentum)
+            )
             self.moving_variance.assign(
-                self.moving_variance.value * momentum + variance * (1.0 - momentum))
+                self.moving_variance.value * momentum + variance * (1.0 - momentum)
+            )
         else:
-            outputs = F.batch_norm(x, self.moving_mean.value,
-                                   self.moving_variance.value, gamma, beta,
-                                   training=False, eps=self.epsilon)
+            outputs = F.batch_norm(
+                x,
+                self.moving_mean.value,
+                self.moving_variance.value,
+                gamma,
+                beta,
+                training=False,
+                eps=self.epsilon,
+            )
         return outputs if inputs.ndim == 2 else outputs.permute(0, 2, 3, 1)
 
     return call
@@ -173,27 +202,54 @@ def _fused_ok(activation, recurrent_activation, bias, inputs):
     """Keras's own test for the fused path, less its "is this CUDA" part."""
     from keras.src import activations, ops
 
-    return (bias is not None
-            and activation in (activations.tanh, torch.tanh, ops.tanh)
-            and recurrent_activation in (activations.sigmoid, torch.sigmoid,
-                                         ops.sigmoid)
-            and inputs.dtype in _FUSED_DTYPES and not _tracing())
+    return (
+        bias is not None
+        and activation in (activations.tanh, torch.tanh, ops.tanh)
+        and recurrent_activation in (activations.sigmoid, torch.sigmoid, ops.sigmoid)
+        and inputs.dtype in _FUSED_DTYPES
+        and not _tracing()
+    )
 
 
 def _lstm_fix(rnn):
     original = rnn._fallback_lstm
 
-    def fallback_lstm(inputs, initial_state_h, initial_state_c, kernel,
-                      recurrent_kernel, bias, activation, recurrent_activation,
-                      return_sequences, batch_first):
+    def fallback_lstm(
+        inputs,
+        initial_state_h,
+        initial_state_c,
+        kernel,
+        recurrent_kernel,
+        bias,
+        activation,
+        recurrent_activation,
+        return_sequences,
+        batch_first,
+    ):
         if not _fused_ok(activation, recurrent_activation, bias, inputs):
-            return original(inputs, initial_state_h, initial_state_c, kernel,
-                            recurrent_kernel, bias, activation,
-                            recurrent_activation, return_sequences, batch_first)
+            return original(
+                inputs,
+                initial_state_h,
+                initial_state_c,
+                kernel,
+                recurrent_kernel,
+                bias,
+                activation,
+                recurrent_activation,
+                return_sequences,
+                batch_first,
+            )
         sequences = inputs if batch_first else inputs.permute(1, 0, 2)
         last, outputs, states = rnn._cudnn_lstm(
-            sequences, initial_state_h, initial_state_c, kernel, recurrent_kernel,
-            bias, return_sequences=return_sequences, device=inputs.device)
+            sequences,
+            initial_state_h,
+            initial_state_c,
+            kernel,
+            recurrent_kernel,
+            bias,
+            return_sequences=return_sequences,
+            device=inputs.device,
+        )
         if not batch_first:
             outputs = outputs.permute(1, 0, 2)
         return last, outputs, states
@@ -204,14 +260,36 @@ def _lstm_fix(rnn):
 def _gru_fix(rnn):
     original = rnn._fallback_gru
 
-    def fallback_gru(inputs, initial_state, kernel, recurrent_kernel, bias,
-                     activation, recurrent_activation, return_sequences):
+    def fallback_gru(
+        inputs,
+        initial_state,
+        kernel,
+        recurrent_kernel,
+        bias,
+        activation,
+        recurrent_activation,
+        return_sequences,
+    ):
         if not _fused_ok(activation, recurrent_activation, bias, inputs):
-            return original(inputs, initial_state, kernel, recurrent_kernel, bias,
-                            activation, recurrent_activation, return_sequences)
-        return rnn._cudnn_gru(inputs, initial_state, kernel, recurrent_kernel, bias,
-                              return_sequences=return_sequences,
-                              device=inputs.device)
+            return original(
+                inputs,
+                initial_state,
+                kernel,
+                recurrent_kernel,
+                bias,
+                activation,
+                recurrent_activation,
+                return_sequences,
+            )
+        return rnn._cudnn_gru(
+            inputs,
+            initial_state,
+            kernel,
+            recurrent_kernel,
+            bias,
+            return_sequences=return_sequences,
+            device=inputs.device,
+        )
 
     return fallback_gru
 
@@ -224,9 +302,13 @@ def _simple_rnn_fix(original):
     def inner_loop(self, sequences, initial_state, mask, training=False):
         cell = self.cell
         fused = kernels.get(cell.activation)
-        if (fused is None or mask is not None
-                or (training and (cell.dropout or cell.recurrent_dropout))
-                or sequences.dtype not in _FUSED_DTYPES or _tracing()):
+        if (
+            fused is None
+            or mask is not None
+            or (training and (cell.dropout or cell.recurrent_dropout))
+            or sequences.dtype not in _FUSED_DTYPES
+            or _tracing()
+        ):
             return original(self, sequences, initial_state, mask, training)
         if self.go_backwards:
             sequences = torch.flip(sequences, dims=[1])
@@ -237,8 +319,16 @@ def _simple_rnn_fix(original):
         if cell.bias is not None:
             params += [cell.bias.value, torch.zeros_like(cell.bias.value)]
         outputs, last_state = getattr(torch._VF, fused)(
-            sequences, state.unsqueeze(0), params, cell.bias is not None, 1, 0.0,
-            torch.is_grad_enabled(), False, True)
+            sequences,
+            state.unsqueeze(0),
+            params,
+            cell.bias is not None,
+            1,
+            0.0,
+            torch.is_grad_enabled(),
+            False,
+            True,
+        )
         return outputs[:, -1], outputs, [last_state.squeeze(0)]
 
     return inner_loop

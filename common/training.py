@@ -14,16 +14,10 @@ import time
 import keras
 import numpy as np
 
-from common import plots, speedups
+from common import plots
 from common.callbacks import HistoryRecorder, InterruptSafeBackup, early_stopping
 from common.cli import RunInterrupted, WorkbookError
-from common.runs import BACKUP
-
-# Keras's torch backend, fixed where it does avoidable work per step (layout
-# copies, unfused BatchNormalization, Python time loops for the RNN layers):
-# every lab trains through this module, so every lab gets the fixes before it
-# builds a model (WORKBOOK_KERAS_FIXES=0 turns them off; see common/speedups.py).
-speedups.install()
+from common.runs import BACKUP, atomic_write_text
 
 
 def progress_verbosity():
@@ -138,45 +132,53 @@ def inference_ms_per_image(model, x, batch_size=256, repeats=3):
 
 
 def evaluate_classifier(model, run, x_test, y_test, class_names, title, batch_size=256):
-    """Test accuracy, loss and macro F1, the confusion matrix and the report.
+    """The one classifier evaluation: test accuracy, loss and macro F1, the
+    confusion matrix, the classification report and the predictions file.
 
-    Writes plots/confusion_matrix.png and classification_report.txt; returns the
-    figures and the predicted classes (for a misclassified-examples grid).
+    ``model`` is a Keras model (its ``predict`` is called on ``x_test``) or an array
+    of already computed test probabilities: (N, classes) softmax, or (N,) / (N, 1)
+    sigmoid for two classes. Writes plots/confusion_matrix.png,
+    classification_report.txt and predictions.npz (true and predicted classes, so
+    the report can recompute the accuracy); returns (figures, predictions, report).
     """
     from sklearn.metrics import accuracy_score, classification_report, f1_score
 
-    probabilities = model.predict(x_test, batch_size=batch_size, verbose=0)
+    if isinstance(model, np.ndarray):
+        probabilities = model
+    else:
+        probabilities = model.predict(x_test, batch_size=batch_size, verbose=0)
+    probabilities = np.asarray(probabilities, dtype="float64")
+    truth = np.asarray(y_test).astype("int64").reshape(-1)
+    if probabilities.ndim == 1 or probabilities.shape[-1] == 1:
+        positive = np.clip(probabilities.reshape(-1), 1e-7, 1 - 1e-7)
+        probabilities = np.stack([1 - positive, positive], axis=-1)
     predictions = np.argmax(probabilities, axis=-1)
-    test_loss = float(
-        keras.ops.convert_to_numpy(
-            keras.ops.mean(
-                keras.losses.sparse_categorical_crossentropy(y_test, probabilities)
-            )
-        )
-    )
+    picked = probabilities[np.arange(len(truth)), truth]
+    test_loss = float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
     labels = list(range(len(class_names)))
     report = classification_report(
-        y_test,
+        truth,
         predictions,
         labels=labels,
         target_names=[str(c) for c in class_names],
         digits=3,
         zero_division=0,
     )
-    (run.path / "classification_report.txt").write_text(report)
+    atomic_write_text(run.path / "classification_report.txt", report)
+    np.savez(run.path / "predictions.npz", y_true=truth, y_pred=predictions)
     plots.confusion_matrix(
-        y_test,
+        truth,
         predictions,
         class_names,
         run.plots / "confusion_matrix.png",
         f"{title}: test confusion matrix",
     )
     figures = {
-        "test_accuracy": float(accuracy_score(y_test, predictions)),
+        "test_accuracy": float(accuracy_score(truth, predictions)),
         "test_loss": test_loss,
         "macro_f1": float(
             f1_score(
-                y_test, predictions, labels=labels, average="macro", zero_division=0
+                truth, predictions, labels=labels, average="macro", zero_division=0
             )
         ),
     }
