@@ -312,14 +312,14 @@ def train_and_evaluate(lab, args, splits, run):
     run.write_metrics(metrics)
     run.save_model(model)
     run.write_report(title, metrics)
-    print(summary_line(lab, metrics))
+    print(summary_line(lab, args, metrics))
     return metrics
 
 
-def summary_line(lab, metrics):
+def summary_line(lab, args, metrics):
     if lab.summary:
         return lab.summary(metrics)
-    key = lab.headline[0]
+    key = headline(lab, args)[0]
     value = metrics.get(key)
     shown = f"{value:.4f}" if isinstance(value, float) else value
     return (
@@ -437,8 +437,13 @@ def compare(lab, args, argv, splits, parent):
     return write_comparison(lab, args, parent, variants, results)
 
 
-def best_variant(lab, results):
-    key, direction = lab.headline
+def headline(lab, args):
+    """(metric, "max" | "min"): ``lab.headline``, or what it returns for ``args``."""
+    return lab.headline(args) if callable(lab.headline) else lab.headline
+
+
+def best_variant(lab, args, results):
+    key, direction = headline(lab, args)
     scored = {
         name: metrics[key]
         for name, metrics in results.items()
@@ -451,8 +456,8 @@ def best_variant(lab, results):
     return choose(scored, key=scored.get)
 
 
-def comparison_rows(lab, results):
-    key = lab.headline[0]
+def comparison_rows(lab, args, results):
+    key = headline(lab, args)[0]
     columns = (key, "params", "train_seconds", "best_epoch", "epochs_run", "status")
     extra = ("inference_ms_per_image", "inference_ms_per_sample")
     rows = []
@@ -506,11 +511,11 @@ def combined_history(parent, variants):
 def write_comparison(lab, args, parent, variants, results, interrupted=False):
     from common import plots
 
-    key, direction = lab.headline
+    key, direction = headline(lab, args)
     title = f"{lab.name}: {' vs '.join(variants)} on {args.dataset}"
-    rows = comparison_rows(lab, results)
+    rows = comparison_rows(lab, args, results)
     table = markdown_table(rows)
-    best = best_variant(lab, results)
+    best = best_variant(lab, args, results)
     parent.write_json(
         "comparison.json",
         {"dataset": args.dataset, "metric": key, "best": best, "rows": rows},

@@ -4,6 +4,7 @@ that runs a lab on another backend in a subprocess (a process has one backend)."
 import json
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -49,3 +50,7 @@ def lab_subprocess(module, argv, backend, timeout=900, env=None):
 def run_lab():
     """``run_lab(module, argv, backend)`` -> (returncode, output, metrics)."""
     return lab_subprocess
+
+
+# Decoded image folders are cached (common.data); keep the tests' caches apart.
+os.environ["WORKBOOK_CACHE"] = tempfile.mkdtemp(prefix="workbook-cache-")

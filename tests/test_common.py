@@ -78,8 +78,8 @@ def test_run_create_writes_config_and_refuses_nonempty(tmp_path):
     ):
         assert key in config
     assert config["backend"] == keras.backend.backend()
-    # common.training installs them wherever they can be (torch, tested Keras)
-    assert config["keras_fixes"] == ("off" if speedups.available() else "installed")
+    # the runner installs them (torch, tested Keras); config.json says which
+    assert config["keras_fixes"] == ("installed" if speedups.installed() else "off")
     assert config["command"] == f"python -m labs.labx --out {out}"
     assert (out / "plots").is_dir()
     run.write_metrics({"status": "completed", "loss": float("nan"), "x": np.float32(2)})
@@ -242,8 +242,20 @@ def test_digits_splits_are_disjoint_and_scaled():
     train = {row.tobytes() for row in images.x_train}
     test = {row.tobytes() for row in images.x_test}
     assert len(train & test) < 5  # digits has a few exact duplicate images
-    quick = data.load_images("digits", quick=True)
-    assert len(quick.x_train) == data.QUICK_SIZES["train"]
+    quick = data.load_images("digits").take({"train": 100, "test": 30}, seed=0)
+    assert (len(quick.x_train), len(quick.y_train), len(quick.x_test)) == (100, 100, 30)
+    assert len(quick.x_val) == len(images.x_val) and quick.notes["quick_subset"]
+
+
+def test_a_folder_is_decoded_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "many", size=8, per_class=1500)
+    first = data.load_images(f"folder:{root}")
+    calls = []
+    monkeypatch.setattr(data, "_decode", lambda file: calls.append(file))
+    second = data.load_images(f"folder:{root}")
+    assert calls == []  # no per-image Python work the second time
+    np.testing.assert_array_equal(first.x_train, second.x_train)
+    assert len(first.x_train) + len(first.x_val) + len(first.x_test) == 3000
 
 
 def _write_npz(path, **arrays):

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from common import cli
+from common import cli, experiment
 from labs import lab1_cnn
 from tests.test_common import make_image_folder
 
@@ -45,12 +45,13 @@ def check_run(out, metrics, epochs=2):
     assert {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(history[0])
 
 
-@pytest.mark.parametrize("arch", ["mlp", "baseline", "vgg", "resnet"])
+@pytest.mark.parametrize("arch", ["mlp", "plain", "baseline", "vgg", "resnet"])
 def test_quick_run_per_arch(tmp_path, arch):
     out, metrics = run_lab(tmp_path, "--arch", arch)
     check_run(out, metrics)
     config = json.loads((out / "config.json").read_text())
     assert config["arch"] == arch and config["data"]["embedded"]
+    assert config["keras_fixes"] == "installed"  # the runner installs them on torch
 
 
 def test_quick_transfer_runs_offline_with_a_notice(tmp_path, capsys):
@@ -68,7 +69,7 @@ def test_saved_model_reloads_with_safe_mode_and_predicts_the_same(tmp_path):
     model = keras.saving.load_model(out / "model.keras", safe_mode=True)
     from common.data import load_images
 
-    images = load_images("digits", quick=True).x_test[:16]
+    images = load_images("digits").x_test[:16]
     again = keras.saving.load_model(out / "model.keras", safe_mode=True)
     np.testing.assert_allclose(
         model.predict(images, verbose=0), again.predict(images, verbose=0), atol=1e-6
@@ -116,7 +117,7 @@ def test_npz_mnist_format(tmp_path):
     )
     out, metrics = run_lab(tmp_path, "--dataset", f"npz:{path}", "--epochs", "1")
     check_run(out, metrics, epochs=1)
-    assert json.loads((out / "config.json").read_text())["data"]["image_shape"] == [
+    assert json.loads((out / "config.json").read_text())["data"]["input_shape"] == [
         28,
         28,
         1,
@@ -140,7 +141,7 @@ def test_rgb_folder(tmp_path):
 @pytest.mark.parametrize(
     "flags",
     [
-        ["--arch", "alexnet"],
+        ["--arch", "lenet"],
         ["--epochs", "0"],
         ["--epochs", "-3"],
         ["--batch-size", "0"],
@@ -153,7 +154,7 @@ def test_rgb_folder(tmp_path):
 )
 def test_usage_errors_exit_2(flags, capsys):
     with pytest.raises(SystemExit) as error:
-        lab1_cnn.parse_args(flags)
+        experiment.parse_args(lab1_cnn.LAB, flags)
     assert error.value.code == 2
     assert "error:" in capsys.readouterr().err
 
@@ -176,6 +177,63 @@ def test_unreadable_npz_exits_1(tmp_path, capsys):
     (tmp_path / "bad.npz").write_bytes(b"garbage")
     code = cli.run(lab1_cnn.main, ["--dataset", f"npz:{tmp_path / 'bad.npz'}"])
     assert code == 1 and "cannot read" in " ".join(capsys.readouterr().err.split())
+
+
+def write_npz(path, x_train, y_train, **arrays):
+    arrays = {"x_test": x_train[:20], "y_test": y_train[:20], **arrays}
+    np.savez(path, x_train=x_train, y_train=y_train, **arrays)
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("nan", "x_train holds 1 NaN or infinite value(s), the first at index"),
+        ("one_class", "only one class"),
+        ("objects", "never unpickles"),
+    ],
+)
+def test_bad_npz_data_is_named_and_never_trains(tmp_path, capsys, case, words):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(60, 8, 8)).astype("float32")
+    y = np.arange(60) % 3
+    if case == "nan":
+        x[7, 2, 3] = np.nan
+    if case == "one_class":
+        y = np.zeros(60, "int64")
+    path = tmp_path / "data.npz"
+    if case == "objects":
+        np.savez(path, x_train=np.array([object()] * 3), y_train=y[:3])
+        spec = f"npz:{path}"
+    else:
+        spec = write_npz(path, x, y)
+    code = cli.run(lab1_cnn.main, ["--dataset", spec, "--out", str(tmp_path / "r")])
+    message = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and words in message, message
+    assert "allow_pickle" not in message and "Traceback" not in message
+    assert not (tmp_path / "r").exists()
+
+
+def test_separate_test_folder(tmp_path):
+    train = make_image_folder(tmp_path / "train", size=12, per_class=20)
+    test = make_image_folder(tmp_path / "test", size=12, per_class=6)
+    out, metrics = run_lab(
+        tmp_path, "--dataset", f"folder:{train}", "--test-dataset", f"folder:{test}"
+    )
+    check_run(out, metrics)
+    data = json.loads((out / "config.json").read_text())["data"]
+    assert data["num_test"] == 6 * len(list(test.iterdir()))
+    assert data["num_train"] + data["num_val"] == 20 * len(list(train.iterdir()))
+
+
+def test_a_test_folder_with_other_classes_is_refused(tmp_path, capsys):
+    train = make_image_folder(tmp_path / "train", size=12, per_class=8)
+    test = make_image_folder(
+        tmp_path / "test", size=12, per_class=4, classes=("cat", "dog")
+    )
+    argv = ["--dataset", f"folder:{train}", "--test-dataset", f"folder:{test}"]
+    code = cli.run(lab1_cnn.main, [*argv, "--out", str(tmp_path / "r")])
+    assert code == 1 and "does not match" in capsys.readouterr().err
 
 
 def test_command_line_refuses_a_non_empty_out_and_keeps_it(tmp_path):

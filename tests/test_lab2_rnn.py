@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import cli
+from common import cli, experiment
 from labs import lab2_rnn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,8 +51,8 @@ def load_model(path):
 @pytest.mark.parametrize("arch", ["1", "2", "3"])
 def test_every_arch_and_cell_trains_on_adding(tmp_path, arch, cell):
     out = tmp_path / "run"
-    metrics = lab2_rnn.main(["--arch", arch, "--cell", cell, "--quick",
-                             "--seq-len", "10", "--out", str(out)])
+    metrics = lab2_rnn.main(["--dataset", "adding", "--arch", arch, "--cell", cell,
+                             "--quick", "--seq-len", "10", "--out", str(out)])
     assert_run_directory(out, extra=("plots/predictions.png",))
     written = read_json(out / "metrics.json")
     assert written["mse"] == pytest.approx(metrics["mse"])
@@ -73,25 +73,24 @@ def test_every_arch_and_cell_trains_on_adding(tmp_path, arch, cell):
 
 def test_compare_writes_one_sub_run_per_cell_and_the_comparison(tmp_path):
     out = tmp_path / "compare"
-    metrics = lab2_rnn.main(["--compare", "--quick", "--seq-len", "8",
-                             "--out", str(out)])
+    metrics = lab2_rnn.main(["--dataset", "adding", "--compare", "--quick",
+                             "--seq-len", "8", "--out", str(out)])
     for name in ("comparison.md", "comparison.json", "history.csv", "history.json",
                  "metrics.json", "model.keras", "report.md",
-                 "plots/learning_curves.png", "plots/comparison.png",
-                 "plots/predictions.png"):
+                 "plots/learning_curves.png", "plots/comparison.png"):
         assert (out / name).is_file(), name
     table = read_json(out / "comparison.json")
-    assert [row["cell"] for row in table["rows"]] == ["SimpleRNN", "LSTM", "GRU"]
+    assert [row["variant"] for row in table["rows"]] == list(RECURRENT_CLASSES)
     assert all(row["mse"] > 0 and row["params"] > 0 for row in table["rows"])
     params = [row["params"] for row in table["rows"]]
     assert params[0] < params[2] < params[1]  # SimpleRNN < GRU < LSTM weights
     with open(out / "history.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    assert {row["cell"] for row in rows} == set(RECURRENT_CLASSES)
-    assert metrics["best_cell"] in RECURRENT_CLASSES
+    assert {row["variant"] for row in rows} == set(RECURRENT_CLASSES)
+    assert metrics["best_variant"] in RECURRENT_CLASSES
     assert metrics["mse"] == min(metrics[f"{cell}_mse"] for cell in RECURRENT_CLASSES)
     markdown = (out / "comparison.md").read_text()
-    assert "| SimpleRNN |" in markdown and "| GRU |" in markdown
+    assert "| simple |" in markdown and "| gru |" in markdown
     for cell in RECURRENT_CLASSES:
         assert_run_directory(out / cell, extra=("plots/predictions.png",))
         config = read_json(out / cell / "config.json")
@@ -101,10 +100,10 @@ def test_compare_writes_one_sub_run_per_cell_and_the_comparison(tmp_path):
 
 
 def test_same_seed_gives_the_same_result(tmp_path):
-    first = lab2_rnn.main(["--quick", "--arch", "1", "--seq-len", "6", "--seed", "3",
-                           "--out", str(tmp_path / "a")])
-    second = lab2_rnn.main(["--quick", "--arch", "1", "--seq-len", "6", "--seed",
-                            "3", "--out", str(tmp_path / "b")])
+    argv = ["--dataset", "adding", "--quick", "--arch", "1", "--seq-len", "6",
+            "--seed", "3"]
+    first = lab2_rnn.main([*argv, "--out", str(tmp_path / "a")])
+    second = lab2_rnn.main([*argv, "--out", str(tmp_path / "b")])
     assert first["mse"] == pytest.approx(second["mse"], rel=1e-5)
 
 
@@ -122,28 +121,35 @@ def test_digits_are_read_row_by_row_with_a_softmax_head(tmp_path):
     assert model.layers[-1].get_config()["activation"] == "softmax"
 
 
-def test_seasonal_forecast_compares_with_naive_forecasts(tmp_path):
-    out = tmp_path / "seasonal"
-    lab2_rnn.main(["--dataset", "seasonal", "--cell", "lstm", "--quick",
-                   "--seq-len", "12", "--out", str(out)])
+def test_weather_forecast_is_the_default_and_shows_its_baselines(tmp_path):
+    out = tmp_path / "weather"
+    lab2_rnn.main(["--cell", "lstm", "--quick", "--out", str(out)])
     metrics = assert_run_directory(out, extra=("plots/predictions.png",))
+    config = read_json(out / "config.json")
+    assert config["dataset"] == "weather" and config["arch"] == "3"
     assert metrics["mse"] > 0
-    assert 0.0 < metrics["persistence_mse"] < metrics["baseline_mse"]
+    # persistence is a strong baseline for daily temperatures, the mean a weak one
+    assert 4.0 < metrics["persistence_mse"] < 15.0 < metrics["baseline_mse"]
+    assert 4.0 < metrics["ridge_mse"] < metrics["baseline_mse"]
 
 
-def test_seasonal_windows_are_the_next_value_and_splits_do_not_overlap():
-    series = np.arange(20, dtype="float64")
-    x, y = lab2_rnn.windows(series, 4)
-    assert x.shape == (16, 4, 1)
-    np.testing.assert_array_equal(x[3, :, 0], [3, 4, 5, 6])
-    assert y[3] == 7
-    data = lab2_rnn.load_seasonal(6, 50, 10, 20, seed=0)
-    assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (50, 10, 20)
-    assert abs(float(np.mean(data.y_train))) < 0.5  # standardized on train
+def test_weather_windows_are_the_next_day_and_splits_are_consecutive():
+    series = np.arange(40, dtype="float64").reshape(20, 2)
+    x, rows = lab2_rnn.windows(series, 4)
+    assert x.shape == (16, 4, 2)
+    np.testing.assert_array_equal(x[3, :, 0], [6, 8, 10, 12])
+    assert rows[3] == 7
+    splits = lab2_rnn.load_weather(14)
+    sizes = (len(splits.y_train), len(splits.y_val), len(splits.y_test))
+    assert sizes == (1461 - 14 - 545, 180, 365)
+    scale = splits.notes["target_scale"]
+    # the last input day of the first test window is the day before its target
+    last_input = splits.x_test[1, -1, 0] * scale[1] + scale[0]
+    assert last_input == pytest.approx(splits.y_test[0] * scale[1] + scale[0])
 
 
 def test_adding_targets_are_the_sum_of_the_marked_values():
-    data = lab2_rnn.load_adding(10, 30, 5, 5, seed=1)
+    data = lab2_rnn.load_adding(10, 30, seed=1)
     values, markers = data.x_train[..., 0], data.x_train[..., 1]
     np.testing.assert_array_equal(markers.sum(axis=1), 2)
     np.testing.assert_allclose((values * markers).sum(axis=1), data.y_train,
@@ -178,17 +184,16 @@ def test_imdb_reviews_under_tfds_mock_data(tmp_path):
     (["--dataset", "cifar10"], "unknown --dataset 'cifar10'"),
     (["--compare", "--cell", "lstm"], "leave out --cell"),
     (["--dataset", "digits", "--seq-len", "20"], "always read as 8 rows"),
-    (["--compare", "--resume", "runs/x"], "cannot be resumed as a whole"),
 ])
 def test_bad_values_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as raised:
-        lab2_rnn.parse_args(argv)
+        experiment.parse_args(lab2_rnn.LAB, argv)
     assert raised.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_too_short_adding_sequence_is_a_clear_runtime_error(tmp_path, capsys):
-    code = cli.run(lab2_rnn.main, ["--seq-len", "1", "--quick",
+    code = cli.run(lab2_rnn.main, ["--dataset", "adding", "--seq-len", "1", "--quick",
                                    "--out", str(tmp_path / "run")])
     error = capsys.readouterr().err
     assert code == 1
