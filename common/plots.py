@@ -156,11 +156,11 @@ def bar_chart(names, panels, path, title, xlabel="model"):
     return save(figure, path)
 
 
-def curves(series, path, title, xlabel, ylabel, log_y=False, markers=None):
+def curves(series, path, title, xlabel, ylabel, log_y=False, markers=None, style="o-"):
     """Several named lines on one axis: ``series`` is {name: (x, y)}."""
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = plt.subplots(figsize=(9 if style == "-" else 7, 4.5))
     for name, (x, y) in series.items():
-        axis.plot(x, y, "o-", markersize=3, label=name)
+        axis.plot(x, y, style, markersize=3, linewidth=1.2, label=name)
     for value, label in markers or ():
         axis.axhline(value, color="gray", linestyle="--", label=label)
     if log_y:
@@ -252,4 +252,21 @@ def scatter_groups(rows, x_key, y_key, group_key, path, title, xlabel, ylabel):
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(title=group_key.replace("_", " "))
+    return save(figure, path)
+
+
+def predicted_vs_true(truth, predicted, path, title, unit):
+    """A regression's test predictions against the targets, with the y = x line."""
+    figure, axis = plt.subplots(figsize=(6, 5))
+    mse = float(np.mean((np.asarray(predicted) - np.asarray(truth)) ** 2))
+    axis.scatter(truth, predicted, s=6, alpha=0.4, label=f"test sample (MSE {mse:.4g})")
+    low, high = float(np.min(truth)), float(np.max(truth))
+    axis.plot(
+        [low, high], [low, high], color="black", linewidth=1, label="perfect (y = x)"
+    )
+    axis.set_xlabel(f"true {unit}")
+    axis.set_ylabel(f"predicted {unit}")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
     return save(figure, path)

@@ -3,7 +3,6 @@
     python -m labs.lab1_cnn                          # baseline CNN on embedded digits
     python -m labs.lab1_cnn --arch resnet --augment basic --activation gelu
     python -m labs.lab1_cnn --search 8               # keras-tuner, then retrain best
-    python -m labs.lab1_cnn --compare                # every architecture, same data
     python -m labs.lab1_cnn --dataset folder:.data/mnist/train \\
         --test-dataset folder:.data/mnist/test       # real MNIST from PNG folders
 
@@ -23,13 +22,8 @@ import sys
 import keras
 import numpy as np
 
-from common import cli, experiment, plots
+from common import cli, experiment, plots, training
 from common.data import load_images
-from common.training import (
-    evaluate_classifier,
-    inference_ms_per_image,
-    misclassified_grid,
-)
 
 HYPERPARAMETERS = {
     "epochs": 30,  # maximum; EarlyStopping on val_loss usually stops sooner
@@ -45,6 +39,7 @@ HYPERPARAMETERS = {
 BN_MOMENTUM = 0.9
 ACTIVATIONS = ("relu", "elu", "gelu", "swish")
 AUGMENTATIONS = ("none", "basic", "randaugment", "mixup", "cutmix")
+SEARCHED = ("learning_rate", "width", "dropout", "activation")  # by --search
 
 
 # ----------------------------------------------------------------------------
@@ -61,12 +56,9 @@ def load_data(args):
         if args.quick:
             splits.take({"train": 256, "val": 64, "test": 128}, args.seed)
         splits.train = MixedBatches(splits, args.batch_size, args.augment, args.seed)
-        splits.validation = (splits.x_val, one_hot(splits, splits.y_val))
+        y_val = keras.utils.to_categorical(splits.y_val, splits.num_classes)
+        splits.validation = (splits.x_val, y_val)
     return splits
-
-
-def one_hot(splits, labels):
-    return keras.utils.to_categorical(labels, splits.num_classes)
 
 
 class MixedBatches(keras.utils.PyDataset):
@@ -74,7 +66,8 @@ class MixedBatches(keras.utils.PyDataset):
 
     def __init__(self, splits, batch_size, kind, seed):
         super().__init__()
-        self.x, self.y = splits.x_train, one_hot(splits, splits.y_train)
+        self.x = splits.x_train
+        self.y = keras.utils.to_categorical(splits.y_train, splits.num_classes)
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(self.x))
@@ -200,10 +193,9 @@ def build_resnet(x, num_classes, width, dropout, activation):
 
 
 def build_alexnet(x, num_classes, width, dropout, activation):
-    """AlexNet from scratch, sized for 32x32 inputs as the course did: five
-    convolutions (the large first kernel), overlapping 3x3 max-pooling with stride
-    2, ReLU, and two dropout-regularised dense layers. BatchNorm stands in for
-    the original's local response normalization, which Keras does not ship."""
+    """AlexNet for 32x32 inputs, as the course sized it: five convolutions, 3x3
+    max-pooling with stride 2 (overlapping), two dropout-regularised dense layers;
+    BatchNorm stands in for local response normalization (not in Keras)."""
     x = conv_bn(x, 2 * width, activation, "conv1", size=5)
     x = pool(x, "pool1", size=3)
     x = conv_bn(x, 6 * width, activation, "conv2", size=5)
@@ -301,7 +293,7 @@ def search(args, splits, run):
     tuner = keras_tuner.RandomSearch(
         build,
         objective="val_accuracy",
-        max_trials=args.search,
+        max_trials=min(args.search, 2) if args.quick else args.search,
         seed=args.seed,
         directory=str(run.path / "tuner"),
         project_name="search",
@@ -350,12 +342,13 @@ def augmentation_gallery(args, splits, path):
     captions = [f"original {splits.class_names[label]}" for label in labels]
     layer = build_augmentation(args.augment, splits.input_shape, args.seed)
     for repeat in range(3):
-        if layer is None:
+        if layer is None:  # MixUp / CutMix: the caption gives the mixed labels
             images, soft = MixedBatches(splits, 64, args.augment, args.seed + repeat)[0]
-            images, soft = images[:8], soft[:8]
+            images, top = images[:8], np.argsort(soft[:8], axis=1)[:, ::-1]
             captions += [
-                " + ".join(f"{row[i]:.2f} {splits.class_names[i]}" for i in top)
-                for row, top in ((r, np.argsort(r)[::-1][:2]) for r in soft)
+                f"{row[a]:.2f} {splits.class_names[a]} + {row[b]:.2f} "
+                f"{splits.class_names[b]}"
+                for row, (a, b) in zip(soft, top[:, :2])
             ]
         else:
             images = keras.ops.convert_to_numpy(layer(originals, training=True))
@@ -372,10 +365,10 @@ def augmentation_gallery(args, splits, path):
 
 def evaluate(model, splits, run, args):
     title = experiment.default_title(LAB, args)
-    figures, predictions, report = evaluate_classifier(
+    figures, predictions, report = training.evaluate_classifier(
         model, run, splits.x_test, splits.y_test, splits.class_names, title
     )
-    misclassified_grid(
+    training.misclassified_grid(
         run, splits.x_test, splits.y_test, predictions, splits.class_names, title
     )
     if args.augment != "none":
@@ -383,10 +376,8 @@ def evaluate(model, splits, run, args):
     run.add_section("Classification report (test set)", f"```\n{report}```")
     return {
         **figures,
-        "inference_ms_per_image": inference_ms_per_image(model, splits.x_test),
-        **{f"hp_{key}": getattr(args, key) for key in ("width", "dropout")},
-        "hp_activation": args.activation,
-        "hp_learning_rate": args.learning_rate,
+        "inference_ms_per_image": training.inference_ms_per_image(model, splits.x_test),
+        **{f"hp_{key}": getattr(args, key) for key in SEARCHED},
     }
 
 
@@ -427,16 +418,6 @@ def add_arguments(parser):
     )
 
 
-def check_arguments(args, parser):
-    if args.quick:
-        args.search = min(args.search, 2)
-
-
-def prepare(args, splits, run):
-    if args.search:
-        search(args, splits, run)
-
-
 LAB = experiment.Lab(
     name="lab1_cnn",
     description="Lab 1: CNNs with augmentation, transfer learning and model selection.",
@@ -450,8 +431,7 @@ LAB = experiment.Lab(
     build=build_model,
     evaluate=evaluate,
     add_arguments=add_arguments,
-    check_arguments=check_arguments,
-    prepare=prepare,
+    prepare=lambda args, splits, run: args.search and search(args, splits, run),
     title=lambda args: (
         f"Lab 1 {args.arch} ({args.activation}, augment "
         f"{args.augment}) on {args.dataset}"

@@ -311,52 +311,27 @@ def evaluate(model, splits, run, args):
 
 
 def predictions_plot(splits, truth, predicted, figures, path):
-    """plots/predictions.png: predicted vs true on the test set, and (weather) the
-    forecasts in time beside persistence."""
-    import matplotlib.pyplot as plt
-
-    weather = splits.name == "weather"
-    unit = "max temperature (degrees C)" if weather else "sum of the marked values"
-    figure, axes = plt.subplots(
-        1, 2 if weather else 1, figsize=(13 if weather else 6, 4.6), squeeze=False
+    """plots/predictions.png: the test year in time (weather) beside persistence,
+    or predicted against true targets (adding)."""
+    title = f"Lab 2 on {splits.name}: test-set predictions"
+    if splits.name != "weather":
+        unit = "sum of the two marked values"
+        return plots.predicted_vs_true(truth, predicted, path, title, unit)
+    days = np.arange(len(truth))
+    first, last = splits.notes["test_dates"]
+    series = {
+        "observed": (days, truth),
+        f"persistence (MSE {figures['persistence_mse']:.2f})": (days[1:], truth[:-1]),
+        f"model (MSE {figures['mse']:.2f})": (days, predicted),
+    }
+    return plots.curves(
+        series,
+        path,
+        title,
+        f"test day ({first} to {last})",
+        "next day's maximum temperature (degrees C)",
+        style="-",
     )
-    axis = axes[0][0]
-    low, high = float(truth.min()), float(truth.max())
-    axis.scatter(truth, predicted, s=6, alpha=0.4, label="test sample")
-    axis.plot([low, high], [low, high], color="black", linewidth=1, label="perfect")
-    axis.set_xlabel(f"true {unit}")
-    axis.set_ylabel(f"predicted {unit}")
-    axis.set_title(
-        f"test MSE {figures['mse']:.3f} (mean predictor {figures['baseline_mse']:.3f})"
-    )
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    if weather:
-        axis = axes[0][1]
-        days = np.arange(len(truth))
-        axis.plot(days, truth, color="black", linewidth=1.2, label="observed")
-        axis.plot(
-            days[1:],
-            truth[:-1],
-            color="gray",
-            linestyle=":",
-            label=f"persistence (MSE {figures['persistence_mse']:.2f})",
-        )
-        axis.plot(
-            days,
-            predicted,
-            color="tab:orange",
-            linewidth=1,
-            label=f"model (MSE {figures['mse']:.2f})",
-        )
-        first, last = splits.notes["test_dates"]
-        axis.set_xlabel(f"test day ({first} to {last})")
-        axis.set_ylabel(unit)
-        axis.set_title("next-day forecasts through the test year")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.suptitle(f"Lab 2 {splits.source.split(':')[0]}: test-set predictions")
-    return plots.save(figure, path)
 
 
 def summary(metrics):
@@ -365,13 +340,11 @@ def summary(metrics):
             f"test accuracy {metrics['test_accuracy']:.4f}, macro F1 "
             f"{metrics['macro_f1']:.4f}, {metrics['train_seconds']:.0f} s training"
         )
-    text = (
-        f"test MSE {metrics['mse']:.4f}; mean predictor {metrics['baseline_mse']:.4f}"
-    )
-    for key in ("persistence_mse", "ridge_mse"):
-        if key in metrics:
-            text += f", {key.split('_')[0]} {metrics[key]:.4f}"
-    return text + f"; {metrics['train_seconds']:.0f} s training"
+    baselines = [
+        k for k in ("baseline_mse", "persistence_mse", "ridge_mse") if k in metrics
+    ]
+    text = ", ".join(f"{k.split('_')[0]} {metrics[k]:.4f}" for k in baselines)
+    return f"test MSE {metrics['mse']:.4f} ({text}); {metrics['train_seconds']:.0f} s"
 
 
 # ----------------------------------------------------------------------------
