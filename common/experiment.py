@@ -247,7 +247,9 @@ def set_distribution(mode):
             "'Beyond one machine')."
         )
     devices = keras.distribution.list_devices()
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices))
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=devices)
+    )
     print(f"distribute: data-parallel over {len(devices)} devices: {devices}")
     return devices
 

@@ -230,9 +230,8 @@ def comparison_bars(rows, key, path, title, best=None):
         label: [float(row.get(name) or 0.0) for row in rows]
         for label, name in panels.items()
     }
-    return bar_chart(
-        names, values, path, f"{title}\n(* best by {key.replace('_', ' ')})"
-    )
+    title = f"{title}\n(* best by {key.replace('_', ' ')})"
+    return bar_chart(names, values, path, title, xlabel="variant")
 
 
 def scatter_groups(rows, x_key, y_key, group_key, path, title, xlabel, ylabel):
