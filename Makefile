@@ -35,6 +35,7 @@ test-all: setup browser
 	$(PY) -m pytest -m "slow or not slow"
 
 lint: setup
+	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
 
 report: setup

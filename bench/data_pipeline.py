@@ -120,9 +120,13 @@ def tfds_stream():
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    dataset = load_tfds("mnist", "train").map(
-        lambda image, label: (tf.cast(image, tf.float32) / 255.0, label)
-    ).shuffle(1024).batch(BATCH_SIZE).prefetch(2)
+    dataset = (
+        load_tfds("mnist", "train")
+        .map(lambda image, label: (tf.cast(image, tf.float32) / 255.0, label))
+        .shuffle(1024)
+        .batch(BATCH_SIZE)
+        .prefetch(2)
+    )
 
     def work():
         for _ in tfds.as_numpy(dataset):
@@ -140,8 +144,14 @@ def training_rate(x, y, repeats):
     normalization = keras.layers.Normalization(axis=-1, name="standardize")
     normalization.adapt(x)
     model = lab1_cnn.build_baseline(
-        x.shape[1:], 10, normalization, None, width=hyper["width"],
-        dropout=hyper["dropout"], activation=hyper["activation"])
+        x.shape[1:],
+        10,
+        normalization,
+        None,
+        width=hyper["width"],
+        dropout=hyper["dropout"],
+        activation=hyper["activation"],
+    )
     lab1_cnn.compile_model(model, hyper["learning_rate"])
     y_onehot = keras.utils.to_categorical(y, 10)
     scratch = Path(tempfile.mkdtemp(prefix="bench_pipeline_fit_"))
@@ -152,9 +162,19 @@ def training_rate(x, y, repeats):
             clock = Clock()
             instrument(model, clock)
             with contextlib.redirect_stdout(io.StringIO()):
-                training.fit(model, run, x, y_onehot, epochs=1,
-                             batch_size=BATCH_SIZE, patience=5, monitor="loss",
-                             title="bench", checkpoint=False, callbacks=[clock])
+                training.fit(
+                    model,
+                    run,
+                    x,
+                    y_onehot,
+                    epochs=1,
+                    batch_size=BATCH_SIZE,
+                    patience=5,
+                    monitor="loss",
+                    title="bench",
+                    checkpoint=False,
+                    callbacks=[clock],
+                )
             if repeat:
                 steps.append(clock.step_ms())
     finally:
@@ -164,19 +184,40 @@ def training_rate(x, y, repeats):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog=COMMAND, description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog=COMMAND,
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads (training and feeding)")
-    parser.add_argument("--images", type=int, default=4096,
-                        help="training images in the npz file and the feeds")
-    parser.add_argument("--folder-images", type=int, default=1000,
-                        help="PNG files in the folder (10 classes)")
-    parser.add_argument("--mock-examples", type=int, default=2048,
-                        help="examples per split tfds.testing.mock_data makes")
-    parser.add_argument("--no-tfds", action="store_true",
-                        help="skip the tfds rows (importing TensorFlow takes ~10 s)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads (training and feeding)",
+    )
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=4096,
+        help="training images in the npz file and the feeds",
+    )
+    parser.add_argument(
+        "--folder-images",
+        type=int,
+        default=1000,
+        help="PNG files in the folder (10 classes)",
+    )
+    parser.add_argument(
+        "--mock-examples",
+        type=int,
+        default=2048,
+        help="examples per split tfds.testing.mock_data makes",
+    )
+    parser.add_argument(
+        "--no-tfds",
+        action="store_true",
+        help="skip the tfds rows (importing TensorFlow takes ~10 s)",
+    )
     args = parser.parse_args(argv)
     for name in ("repeats", "threads", "images", "folder_images", "mock_examples"):
         if getattr(args, name) < 1:
@@ -195,67 +236,111 @@ def main(argv=None):
         npz = scratch / "mnist_like.npz"
         write_npz(npz, args.images, args.images // 4, 28, rng)
         total = args.images + args.images // 4
-        rows.append(("npz:PATH (uint8 28x28, synthetic)",
-                     "load_images: read, scale, split (once per run)", "28x28x1",
-                     median_rate(lambda: load_images(f"npz:{npz}"), total,
-                                 args.repeats)))
+        rows.append(
+            (
+                "npz:PATH (uint8 28x28, synthetic)",
+                "load_images: read, scale, split (once per run)",
+                "28x28x1",
+                median_rate(lambda: load_images(f"npz:{npz}"), total, args.repeats),
+            )
+        )
         folder = scratch / "folder"
         write_folder(folder, args.folder_images // 10, 28, rng)
         count = 10 * (args.folder_images // 10)
-        rows.append(("folder:PATH (PNG 28x28, synthetic)",
-                     "load_images: Pillow decode, split (once per run)", "28x28x1",
-                     median_rate(lambda: load_images(f"folder:{folder}"), count,
-                                 args.repeats)))
+        rows.append(
+            (
+                "folder:PATH (PNG 28x28, synthetic)",
+                "load_images: Pillow decode, split (once per run)",
+                "28x28x1",
+                median_rate(
+                    lambda: load_images(f"folder:{folder}"), count, args.repeats
+                ),
+            )
+        )
         data = load_images(f"npz:{npz}")
         x, y = data.x_train, data.y_train
-        rows.append(("numpy arrays", "Keras fit's batches (array adapter), 1 epoch",
-                     "28x28x1",
-                     median_rate(keras_feed(x, y), len(x), args.repeats)))
-        rows.append(("torch tensors", "torch DataLoader(TensorDataset), 1 epoch",
-                     "28x28x1",
-                     median_rate(torch_feed(x, y), len(x), args.repeats)))
+        rows.append(
+            (
+                "numpy arrays",
+                "Keras fit's batches (array adapter), 1 epoch",
+                "28x28x1",
+                median_rate(keras_feed(x, y), len(x), args.repeats),
+            )
+        )
+        rows.append(
+            (
+                "torch tensors",
+                "torch DataLoader(TensorDataset), 1 epoch",
+                "28x28x1",
+                median_rate(torch_feed(x, y), len(x), args.repeats),
+            )
+        )
         if not args.no_tfds:
             import tensorflow_datasets as tfds
 
             with tfds.testing.mock_data(num_examples=args.mock_examples):
-                rows.append(("tfds mnist (MOCK: tfds.testing.mock_data)",
-                             "load_images: tfds -> numpy (once per run)", "28x28x1",
-                             median_rate(lambda: load_images("mnist"),
-                                         2 * args.mock_examples, args.repeats)))
-                rows.append(("tfds mnist (MOCK: tfds.testing.mock_data)",
-                             "tf.data stream: map, shuffle, batch, 1 epoch",
-                             "28x28x1",
-                             median_rate(tfds_stream(), args.mock_examples,
-                                         args.repeats)))
+                rows.append(
+                    (
+                        "tfds mnist (MOCK: tfds.testing.mock_data)",
+                        "load_images: tfds -> numpy (once per run)",
+                        "28x28x1",
+                        median_rate(
+                            lambda: load_images("mnist"),
+                            2 * args.mock_examples,
+                            args.repeats,
+                        ),
+                    )
+                )
+                rows.append(
+                    (
+                        "tfds mnist (MOCK: tfds.testing.mock_data)",
+                        "tf.data stream: map, shuffle, batch, 1 epoch",
+                        "28x28x1",
+                        median_rate(tfds_stream(), args.mock_examples, args.repeats),
+                    )
+                )
         fit_28 = training_rate(x[:1024], y[:1024], args.repeats)
         digits = load_images("digits")
         fit_8 = training_rate(digits.x_train, digits.y_train, args.repeats)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     training_rows = [
-        ("Lab 1 baseline CNN", "Keras fit (labs' path), steady-state steps",
-         "28x28x1", fit_28),
-        ("Lab 1 baseline CNN, digits", "Keras fit (labs' path), steady-state steps",
-         "8x8x1", fit_8),
+        (
+            "Lab 1 baseline CNN",
+            "Keras fit (labs' path), steady-state steps",
+            "28x28x1",
+            fit_28,
+        ),
+        (
+            "Lab 1 baseline CNN, digits",
+            "Keras fit (labs' path), steady-state steps",
+            "8x8x1",
+            fit_8,
+        ),
     ]
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print()
-    print(f"Data pipeline vs training throughput, images/s, median of "
-          f"{args.repeats} timings after a warm-up; batch {BATCH_SIZE}")
+    print(
+        f"Data pipeline vs training throughput, images/s, median of "
+        f"{args.repeats} timings after a warm-up; batch {BATCH_SIZE}"
+    )
     print(f"command: {' '.join([COMMAND, *argv]).strip()}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
-          f"{args.threads}, load average {load} (1/5/15 min); keras "
-          f"{keras.__version__}, torch {torch.__version__}, backend "
-          f"{keras.backend.backend()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
+        f"{args.threads}, load average {load} (1/5/15 min); keras "
+        f"{keras.__version__}, torch {torch.__version__}, backend "
+        f"{keras.backend.backend()}"
+    )
     print()
-    print("| source | what is timed | image | images/s | / Lab 1 training at "
-          "28x28x1 |")
+    print("| source | what is timed | image | images/s | / Lab 1 training at 28x28x1 |")
     print("|---|---|---|---|---|")
     for source, what, shape, rate in rows + training_rows:
         print(f"| {source} | {what} | {shape} | {rate:,.0f} | {rate / fit_28:.1f}x |")
     print()
-    print("Training needs the images once per epoch; loading happens once per run. "
-          "A ratio above 1 means the pipeline is faster than training.")
+    print(
+        "Training needs the images once per epoch; loading happens once per run. "
+        "A ratio above 1 means the pipeline is faster than training."
+    )
     return rows + training_rows
 
 

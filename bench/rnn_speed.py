@@ -53,8 +53,10 @@ NAMES = {"simple": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="python -m bench.rnn_speed", description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="python -m bench.rnn_speed",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--seq-len", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--units", type=int, default=32)
@@ -93,8 +95,12 @@ def keras_ms(cell, x, y, args, threads, masked=False):
         inputs = keras.Input(x.shape[1:])
         hidden = keras.layers.Masking(mask_value=-1.0)(inputs)
         hidden = recurrent(cell, args.units, "first", return_sequences=True)(hidden)
-        hidden = recurrent(cell, args.units, "second",
-                           activation="relu" if cell == "simple" else "tanh")(hidden)
+        hidden = recurrent(
+            cell,
+            args.units,
+            "second",
+            activation="relu" if cell == "simple" else "tanh",
+        )(hidden)
         hidden = keras.layers.Dense(32, activation="relu")(hidden)
         model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
         model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")
@@ -103,8 +109,7 @@ def keras_ms(cell, x, y, args, threads, masked=False):
         model = build_model("3", cell, data, args.units, 3e-3)
 
     def train_steps():
-        model.fit(x, y, batch_size=args.batch_size, epochs=1, shuffle=False,
-                  verbose=0)
+        model.fit(x, y, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
 
     return median_ms_per_step(train_steps, args.steps, args.repeats)
 
@@ -122,8 +127,9 @@ def torch_ms(cell, x, y, args):
             super().__init__()
             if cell == "simple":
                 self.first = nn.RNN(2, units, batch_first=True)
-                self.second = nn.RNN(units, units, batch_first=True,
-                                     nonlinearity="relu")
+                self.second = nn.RNN(
+                    units, units, batch_first=True, nonlinearity="relu"
+                )
             else:
                 layer = nn.LSTM if cell == "lstm" else nn.GRU
                 self.first = layer(2, units, batch_first=True)
@@ -145,8 +151,8 @@ def torch_ms(cell, x, y, args):
     def train_steps():
         for start in range(0, len(x_tensor), batch):
             optimizer.zero_grad()
-            prediction = model(x_tensor[start:start + batch])
-            loss = torch.mean((prediction - y_tensor[start:start + batch]) ** 2)
+            prediction = model(x_tensor[start : start + batch])
+            loss = torch.mean((prediction - y_tensor[start : start + batch]) ** 2)
             loss.backward()
             optimizer.step()
 
@@ -170,28 +176,40 @@ def main(argv=None):
             "torch_1": torch_ms(cell, x, y, args),
         }
         rows.append((cell, figures))
-        print(f"measured {NAMES[cell]}: " + ", ".join(
-            f"{key} {value:.1f} ms" for key, value in figures.items()), flush=True)
-    command = "python -m bench.rnn_speed " + " ".join(sys.argv[1:] if argv is None
-                                                      else argv)
+        print(
+            f"measured {NAMES[cell]}: "
+            + ", ".join(f"{key} {value:.1f} ms" for key, value in figures.items()),
+            flush=True,
+        )
+    command = "python -m bench.rnn_speed " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print()
-    print(f"Lab 2 arch 3 training speed, adding problem, T={args.seq_len}, batch "
-          f"{args.batch_size}, {args.units} units; ms per step, median of "
-          f"{args.repeats} x {args.steps} steps")
+    print(
+        f"Lab 2 arch 3 training speed, adding problem, T={args.seq_len}, batch "
+        f"{args.batch_size}, {args.units} units; ms per step, median of "
+        f"{args.repeats} x {args.steps} steps"
+    )
     print(f"command: {command.strip()}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, load average "
-          f"{load} (1/5/15 min); keras {keras.__version__}, torch "
-          f"{torch.__version__}, backend {keras.backend.backend()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, load average "
+        f"{load} (1/5/15 min); keras {keras.__version__}, torch "
+        f"{torch.__version__}, backend {keras.backend.backend()}"
+    )
     print()
-    print("| cell | Keras fit, 1 thread | Keras fit, 2 threads | Keras + Masking, "
-          "1 thread | plain torch loop, 1 thread | Keras / torch |")
+    print(
+        "| cell | Keras fit, 1 thread | Keras fit, 2 threads | Keras + Masking, "
+        "1 thread | plain torch loop, 1 thread | Keras / torch |"
+    )
     print("|---|---|---|---|---|---|")
     for cell, figures in rows:
         ratio = figures["keras_1"] / figures["torch_1"]
-        print(f"| {NAMES[cell]} | {figures['keras_1']:.1f} | {figures['keras_2']:.1f} "
-              f"| {figures['masked_1']:.1f} | {figures['torch_1']:.1f} | "
-              f"{ratio:.2f}x |")
+        print(
+            f"| {NAMES[cell]} | {figures['keras_1']:.1f} | {figures['keras_2']:.1f} "
+            f"| {figures['masked_1']:.1f} | {figures['torch_1']:.1f} | "
+            f"{ratio:.2f}x |"
+        )
     return rows
 
 

@@ -139,8 +139,11 @@ class Clock(keras.callbacks.Callback):
 
     def step_ms(self, which=0):
         """Median time between consecutive step ends within an epoch."""
-        gaps = [b[which] - a[which] for times in self.epochs
-                for a, b in zip(times[1:], times[2:])]
+        gaps = [
+            b[which] - a[which]
+            for times in self.epochs
+            for a, b in zip(times[1:], times[2:])
+        ]
         return 1000.0 * statistics.median(gaps) if gaps else math.nan
 
     def epoch_ms(self, which=0):
@@ -228,9 +231,11 @@ class TorchLoop:
                 index = order[start : start + self.batch_size]
                 y = None if self.y is None else self.y[index]
                 figures = self.train_step(self.x[index], y)
-                totals = figures if totals is None else [
-                    a + b for a, b in zip(totals, figures)
-                ]
+                totals = (
+                    figures
+                    if totals is None
+                    else [a + b for a, b in zip(totals, figures)]
+                )
                 clock.tick()
             self.module.eval()
             with torch.no_grad():
@@ -252,16 +257,16 @@ def batches(count, batch_size):
 def memory_format(args):
     """The torch side's image layout: channels_last (PyTorch's advice on CPU, and
     what Keras's own conv asks for) or plain NCHW-contiguous."""
-    return {"channels_last": torch.channels_last,
-            "nchw": torch.contiguous_format}[args.torch_layout]
+    return {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}[
+        args.torch_layout
+    ]
 
 
 def to_nchw(x, layout=torch.contiguous_format):
     """NHWC numpy images as an NCHW torch tensor in the given memory format."""
     # clone, not contiguous(): with one channel both layouts count as contiguous,
     # and the strides numpy's transpose leaves would pick channels_last kernels
-    return torch.from_numpy(np.transpose(x, (0, 3, 1, 2))).clone(
-        memory_format=layout)
+    return torch.from_numpy(np.transpose(x, (0, 3, 1, 2))).clone(memory_format=layout)
 
 
 def weight(variable):
@@ -309,8 +314,9 @@ def copy_baseline(model, module):
     norms = [m for m in module.features if isinstance(m, nn.BatchNorm2d)]
     names = ["stage1a", "stage1b", "stage2a", "stage2b"]
     for name, conv, bn in zip(names, convs, norms):
-        conv.weight.copy_(weight(model.get_layer(f"{name}_conv").kernel).permute(
-            3, 2, 0, 1))
+        conv.weight.copy_(
+            weight(model.get_layer(f"{name}_conv").kernel).permute(3, 2, 0, 1)
+        )
         keras_bn = model.get_layer(f"{name}_bn")
         bn.weight.copy_(weight(keras_bn.gamma))
         bn.bias.copy_(weight(keras_bn.beta))
@@ -332,8 +338,10 @@ def lab1_case(name, args):
         x_train, y_train = data.x_train, data.y_train
         x_val, y_val = data.x_val, data.y_val
         num_classes, batch_size = data.num_classes, hyper["batch_size"]
-        title = (f"Lab 1 baseline CNN, digits 8x8x1 ({len(x_train)} images), "
-                 f"batch {batch_size}")
+        title = (
+            f"Lab 1 baseline CNN, digits 8x8x1 ({len(x_train)} images), "
+            f"batch {batch_size}"
+        )
     else:
         rng = np.random.default_rng(0)
         num_train, num_val = SIZES[name]
@@ -342,8 +350,10 @@ def lab1_case(name, args):
         y_train = rng.integers(0, 10, num_train)
         y_val = rng.integers(0, 10, num_val)
         num_classes, batch_size = 10, 128
-        title = (f"Lab 1 baseline CNN, synthetic 32x32x1 ({num_train} images), "
-                 f"batch {batch_size}")
+        title = (
+            f"Lab 1 baseline CNN, synthetic 32x32x1 ({num_train} images), "
+            f"batch {batch_size}"
+        )
     input_shape = x_train.shape[1:]
 
     def build_keras(**compile_overrides):
@@ -352,8 +362,9 @@ def lab1_case(name, args):
             keras.config.set_image_data_format("channels_first")
         try:
             normalization = keras.layers.Normalization(
-                axis=1 if keras.config.image_data_format() == "channels_first"
-                else -1, name="standardize")
+                axis=1 if keras.config.image_data_format() == "channels_first" else -1,
+                name="standardize",
+            )
             shape = input_shape
             train = x_train
             if keras.config.image_data_format() == "channels_first":
@@ -361,8 +372,14 @@ def lab1_case(name, args):
                 train = np.transpose(x_train, (0, 3, 1, 2))
             normalization.adapt(train)
             model = lab1_cnn.build_baseline(
-                shape, num_classes, normalization, None, width=hyper["width"],
-                dropout=hyper["dropout"], activation=hyper["activation"])
+                shape,
+                num_classes,
+                normalization,
+                None,
+                width=hyper["width"],
+                dropout=hyper["dropout"],
+                activation=hyper["activation"],
+            )
         finally:
             keras.config.set_image_data_format(previous)
         return compile_lab1(model, hyper["learning_rate"], **compile_overrides)
@@ -371,8 +388,9 @@ def lab1_case(name, args):
     y_val_onehot = keras.utils.to_categorical(y_val, num_classes)
     mean, variance = x_train.mean(axis=(0, 1, 2)), x_train.var(axis=(0, 1, 2))
     layout = memory_format(args)
-    module = TorchBaseline(input_shape[-1], num_classes, mean, variance,
-                           hyper["width"], hyper["dropout"]).to(memory_format=layout)
+    module = TorchBaseline(
+        input_shape[-1], num_classes, mean, variance, hyper["width"], hyper["dropout"]
+    ).to(memory_format=layout)
     optimizer = torch_adam(module.parameters(), hyper["learning_rate"])
     x_t, y_t = to_nchw(x_train, layout), torch.from_numpy(y_train.astype("int64"))
     xv_t, yv_t = to_nchw(x_val, layout), torch.from_numpy(y_val.astype("int64"))
@@ -404,11 +422,23 @@ def lab1_case(name, args):
         return float(np.max(np.abs(expected - got)))
 
     return Case(
-        name, title, batch_size, None, build_keras,
-        dict(x=x_train, y=y_train_onehot, validation_data=(x_val, y_val_onehot),
-             monitor="val_loss", patience=hyper["patience"]),
-        lambda: [], TorchLoop(module, train_step, validate, x_t, y_t, batch_size),
-        len(x_train), copy_baseline, compare,
+        name,
+        title,
+        batch_size,
+        None,
+        build_keras,
+        dict(
+            x=x_train,
+            y=y_train_onehot,
+            validation_data=(x_val, y_val_onehot),
+            monitor="val_loss",
+            patience=hyper["patience"],
+        ),
+        lambda: [],
+        TorchLoop(module, train_step, validate, x_t, y_t, batch_size),
+        len(x_train),
+        copy_baseline,
+        compare,
         extra=dict(x_val=x_val, y_val=y_val_onehot, channels=input_shape[-1]),
     )
 
@@ -456,17 +486,23 @@ def copy_arch3(cell):
             if cell == "lstm":  # both i, f, c/g, o; one Keras bias
                 input_bias, recurrent_bias = bias, torch.zeros_like(bias)
             else:  # Keras z, r, h -> torch r, z, n; bias = [input, recurrent]
-                order = torch.cat([torch.arange(units, 2 * units),
-                                   torch.arange(units),
-                                   torch.arange(2 * units, 3 * units)])
+                order = torch.cat(
+                    [
+                        torch.arange(units, 2 * units),
+                        torch.arange(units),
+                        torch.arange(2 * units, 3 * units),
+                    ]
+                )
                 kernel, recurrent = kernel[:, order], recurrent[:, order]
                 input_bias, recurrent_bias = bias[0, order], bias[1, order]
             torch_layer.weight_ih_l0.copy_(kernel.T)
             torch_layer.weight_hh_l0.copy_(recurrent.T)
             torch_layer.bias_ih_l0.copy_(input_bias)
             torch_layer.bias_hh_l0.copy_(recurrent_bias)
-        for keras_name, linear in (("dense_32", module.dense),
-                                   ("prediction", module.output)):
+        for keras_name, linear in (
+            ("dense_32", module.dense),
+            ("prediction", module.output),
+        ):
             dense = model.get_layer(keras_name)
             linear.weight.copy_(weight(dense.kernel).T)
             linear.bias.copy_(weight(dense.bias))
@@ -485,12 +521,17 @@ def lab2_case(name, args):
     batch_size = hyper["batch_size"]
 
     def build_keras(**compile_overrides):
-        model = lab2_rnn.build_model("3", cell, data, hyper["units"],
-                                     hyper["learning_rate"])
+        model = lab2_rnn.build_model(
+            "3", cell, data, hyper["units"], hyper["learning_rate"]
+        )
         if compile_overrides:
             metrics = compile_overrides.pop("metrics", ["mae"])
-            model.compile(optimizer=keras.optimizers.Adam(hyper["learning_rate"]),
-                          loss="mse", metrics=metrics, **compile_overrides)
+            model.compile(
+                optimizer=keras.optimizers.Adam(hyper["learning_rate"]),
+                loss="mse",
+                metrics=metrics,
+                **compile_overrides,
+            )
         return model
 
     module = TorchArch3(cell, data.x_train.shape[-1], hyper["units"])
@@ -524,15 +565,28 @@ def lab2_case(name, args):
             got = torch_module(torch.from_numpy(probe)).numpy()
         return float(np.max(np.abs(expected - got)))
 
-    title = (f"Lab 2 arch 3 {cell.upper()}, adding T={seq_len} ({num_train} "
-             f"sequences), batch {batch_size}")
+    title = (
+        f"Lab 2 arch 3 {cell.upper()}, adding T={seq_len} ({num_train} "
+        f"sequences), batch {batch_size}"
+    )
     return Case(
-        name, title, batch_size, hyper.get("threads"), build_keras,
-        dict(x=data.x_train, y=data.y_train,
-             validation_data=(data.x_val, data.y_val), monitor="val_loss",
-             patience=hyper["patience"]),
-        lambda: [], TorchLoop(module, train_step, validate, x_t, y_t, batch_size),
-        num_train, copy_arch3(cell), compare,
+        name,
+        title,
+        batch_size,
+        hyper.get("threads"),
+        build_keras,
+        dict(
+            x=data.x_train,
+            y=data.y_train,
+            validation_data=(data.x_val, data.y_val),
+            monitor="val_loss",
+            patience=hyper["patience"],
+        ),
+        lambda: [],
+        TorchLoop(module, train_step, validate, x_t, y_t, batch_size),
+        num_train,
+        copy_arch3(cell),
+        compare,
         extra=dict(x_val=data.x_val, y_val=data.y_val),
     )
 
@@ -546,8 +600,9 @@ class TorchGenerator(nn.Module):
         height, width_pixels, channels = image_shape
         self.grid = (2 * width, height // 4, width_pixels // 4)
         self.project = nn.Linear(latent_dim, int(np.prod(self.grid)), bias=False)
-        self.project_bn = nn.BatchNorm1d(self.project.out_features, eps=BN_EPSILON,
-                                         momentum=0.01)
+        self.project_bn = nn.BatchNorm1d(
+            self.project.out_features, eps=BN_EPSILON, momentum=0.01
+        )
         self.up_1 = nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False)
         self.up_1_bn = nn.BatchNorm2d(width, eps=BN_EPSILON, momentum=0.01)
         self.up_2 = nn.ConvTranspose2d(width, channels, 4, 2, 1)
@@ -582,8 +637,7 @@ class TorchFeatures(nn.Module):
         height, width_pixels, channels = image_shape
         self.conv_1 = nn.Conv2d(channels, 16, 3, padding=1)
         self.conv_2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.features = nn.Linear(32 * (height // 4) * (width_pixels // 4),
-                                  feature_dim)
+        self.features = nn.Linear(32 * (height // 4) * (width_pixels // 4), feature_dim)
         self.probabilities = nn.Linear(feature_dim, 10)
 
     def forward(self, x):
@@ -600,22 +654,29 @@ def frechet_distance(real, fake):
         count = max(len(features), 2)
         mean = features.sum(0) / count
         covariance = (features.T @ features / count - torch.outer(mean, mean)) * (
-            count / (count - 1.0))
+            count / (count - 1.0)
+        )
         statistics_.append((mean, covariance))
     (mean_a, cov_a), (mean_b, cov_b) = statistics_
     values, vectors = torch.linalg.eigh(cov_a)
     root_a = (vectors * values.clamp(min=0).sqrt()) @ vectors.T
     middle = root_a @ cov_b @ root_a
-    trace_root = torch.linalg.eigvalsh(0.5 * (middle + middle.T)).clamp(
-        min=0).sqrt().sum()
-    return float(((mean_a - mean_b) ** 2).sum() + cov_a.trace() + cov_b.trace()
-                 - 2.0 * trace_root)
+    trace_root = (
+        torch.linalg.eigvalsh(0.5 * (middle + middle.T)).clamp(min=0).sqrt().sum()
+    )
+    return float(
+        ((mean_a - mean_b) ** 2).sum()
+        + cov_a.trace()
+        + cov_b.trace()
+        - 2.0 * trace_root
+    )
 
 
 def nhwc_order(channels, height, width):
     """Keras's (h, w, c) flat index for each torch (c, h, w) flat position."""
-    c, h, w = np.meshgrid(np.arange(channels), np.arange(height), np.arange(width),
-                          indexing="ij")
+    c, h, w = np.meshgrid(
+        np.arange(channels), np.arange(height), np.arange(width), indexing="ij"
+    )
     return torch.as_tensor(((h * width + w) * channels + c).reshape(-1))
 
 
@@ -624,13 +685,18 @@ def copy_gan(gan, modules):
     g, d = gan.generator, gan.discriminator
     order = nhwc_order(*generator.grid)
     generator.project.weight.copy_(weight(g.get_layer("project").kernel)[:, order].T)
-    for keras_name, bn, index in (("project_bn", generator.project_bn, order),
-                                  ("up_1_bn", generator.up_1_bn, None),
-                                  ("down_2_bn", discriminator.down_2_bn, None)):
+    for keras_name, bn, index in (
+        ("project_bn", generator.project_bn, order),
+        ("up_1_bn", generator.up_1_bn, None),
+        ("down_2_bn", discriminator.down_2_bn, None),
+    ):
         layer = (g if keras_name != "down_2_bn" else d).get_layer(keras_name)
-        for name, tensor in (("gamma", bn.weight), ("beta", bn.bias),
-                             ("moving_mean", bn.running_mean),
-                             ("moving_variance", bn.running_var)):
+        for name, tensor in (
+            ("gamma", bn.weight),
+            ("beta", bn.bias),
+            ("moving_mean", bn.running_mean),
+            ("moving_variance", bn.running_var),
+        ):
             value = weight(getattr(layer, name))
             tensor.copy_(value if index is None else value[index])
     for keras_name, conv in (("up_1", generator.up_1), ("up_2", generator.up_2)):
@@ -638,8 +704,10 @@ def copy_gan(gan, modules):
         conv.weight.copy_(weight(layer.kernel).permute(3, 2, 0, 1))
         if conv.bias is not None:
             conv.bias.copy_(weight(layer.bias))
-    for keras_name, conv in (("down_1", discriminator.down_1),
-                             ("down_2", discriminator.down_2)):
+    for keras_name, conv in (
+        ("down_1", discriminator.down_1),
+        ("down_2", discriminator.down_2),
+    ):
         layer = d.get_layer(keras_name)
         conv.weight.copy_(weight(layer.kernel).permute(3, 2, 0, 1))
         if conv.bias is not None:
@@ -662,7 +730,8 @@ def lab3_case(name, args):
     batch_size = hyper["batch_size"]
     image_shape = data.sample_shape
     classifier = lab3_gan.build_feature_classifier(
-        image_shape, len(data.class_names), lab3_gan.CLASSIFIER["feature_dim"])
+        image_shape, len(data.class_names), lab3_gan.CLASSIFIER["feature_dim"]
+    )
     extractor = lab3_gan.feature_extractor_from(classifier)
 
     def build_keras(**compile_overrides):
@@ -674,22 +743,31 @@ def lab3_case(name, args):
 
     def lab_callbacks():
         noise = keras.random.normal(
-            (lab3_gan.SNAPSHOT_SAMPLES["images"], hyper["latent_dim"]), seed=7)
-        return [lab3_gan.StopWhenNotFinite(),
-                lab3_gan.Snapshots(noise, max(1, hyper["epochs"] // 10))]
+            (lab3_gan.SNAPSHOT_SAMPLES["images"], hyper["latent_dim"]), seed=7
+        )
+        return [
+            lab3_gan.StopWhenNotFinite(),
+            lab3_gan.Snapshots(noise, max(1, hyper["epochs"] // 10)),
+        ]
 
     layout = memory_format(args)
     generator = TorchGenerator(hyper["latent_dim"], image_shape, hyper["width"]).to(
-        memory_format=layout)
+        memory_format=layout
+    )
     discriminator = TorchDiscriminator(image_shape, hyper["width"]).to(
-        memory_format=layout)
-    features = TorchFeatures(image_shape, lab3_gan.CLASSIFIER["feature_dim"]).to(
-        memory_format=layout).eval()
+        memory_format=layout
+    )
+    features = (
+        TorchFeatures(image_shape, lab3_gan.CLASSIFIER["feature_dim"])
+        .to(memory_format=layout)
+        .eval()
+    )
     modules = nn.ModuleDict(dict(generator=generator, discriminator=discriminator))
     betas = dict(beta_1=hyper["beta_1"], beta_2=hyper["beta_2"])
     g_optimizer = torch_adam(generator.parameters(), hyper["learning_rate"], **betas)
-    d_optimizer = torch_adam(discriminator.parameters(), hyper["learning_rate"],
-                             **betas)
+    d_optimizer = torch_adam(
+        discriminator.parameters(), hyper["learning_rate"], **betas
+    )
     g_weights = list(generator.parameters())
     d_weights = list(discriminator.parameters())
     bce = nn.BCEWithLogitsLoss()
@@ -706,8 +784,9 @@ def lab3_case(name, args):
         count = len(real)
         fake = generator(torch.randn(count, latent_dim)).detach()
         real_scores, fake_scores = discriminator(real), discriminator(fake)
-        d_loss = (bce(real_scores, torch.ones_like(real_scores))
-                  + bce(fake_scores, torch.zeros_like(fake_scores)))
+        d_loss = bce(real_scores, torch.ones_like(real_scores)) + bce(
+            fake_scores, torch.zeros_like(fake_scores)
+        )
         update(d_loss, d_weights, d_optimizer)
         scores = discriminator(generator(torch.randn(count, latent_dim)))
         g_loss = bce(scores, torch.ones_like(scores))
@@ -726,27 +805,49 @@ def lab3_case(name, args):
         return [distances[-1], statistics.mean(confidences)]
 
     def compare(gan, torch_modules):
-        noise = np.random.default_rng(0).normal(
-            size=(batch_size, latent_dim)).astype("float32")
+        noise = (
+            np.random.default_rng(0)
+            .normal(size=(batch_size, latent_dim))
+            .astype("float32")
+        )
         torch_modules.eval()
         expected = keras.ops.convert_to_numpy(gan.generator(noise, training=False))
         with torch.no_grad():
             got = generator(torch.from_numpy(noise)).numpy().transpose(0, 2, 3, 1)
             scores = discriminator(to_nchw(data.x_val[:batch_size], layout)).numpy()
         expected_scores = keras.ops.convert_to_numpy(
-            gan.discriminator(data.x_val[:batch_size], training=False))
-        return float(max(np.max(np.abs(expected - got)),
-                         np.max(np.abs(expected_scores - scores))))
+            gan.discriminator(data.x_val[:batch_size], training=False)
+        )
+        return float(
+            max(
+                np.max(np.abs(expected - got)), np.max(np.abs(expected_scores - scores))
+            )
+        )
 
     loop = TorchLoop(modules, train_step, validate, x_t, None, batch_size)
-    title = (f"Lab 3 DCGAN, digits 16x16x1 ({len(data.x_train)} images), batch "
-             f"{batch_size}, 1 D + 1 G update")
+    title = (
+        f"Lab 3 DCGAN, digits 16x16x1 ({len(data.x_train)} images), batch "
+        f"{batch_size}, 1 D + 1 G update"
+    )
     return Case(
-        name, title, batch_size, None, build_keras,
-        dict(x=data.x_train, y=None, validation_data=(data.x_val,),
-             validation_batch_size=256, monitor="val_loss",
-             patience=hyper["epochs"] + 1),
-        lab_callbacks, loop, len(data.x_train), copy_gan, compare,
+        name,
+        title,
+        batch_size,
+        None,
+        build_keras,
+        dict(
+            x=data.x_train,
+            y=None,
+            validation_data=(data.x_val,),
+            validation_batch_size=256,
+            monitor="val_loss",
+            patience=hyper["epochs"] + 1,
+        ),
+        lab_callbacks,
+        loop,
+        len(data.x_train),
+        copy_gan,
+        compare,
         extra=dict(modules=modules),
     )
 
@@ -767,9 +868,17 @@ def lab_fit(case, model, run, clock, epochs):
     arguments = dict(case.fit_args)
     x, y = arguments.pop("x"), arguments.pop("y")
     instrument(model, clock)
-    training.fit(model, run, x, y, epochs=epochs, batch_size=case.batch_size,
-                 title=case.name, callbacks=[clock, *case.lab_callbacks()],
-                 **arguments)
+    training.fit(
+        model,
+        run,
+        x,
+        y,
+        epochs=epochs,
+        batch_size=case.batch_size,
+        title=case.name,
+        callbacks=[clock, *case.lab_callbacks()],
+        **arguments,
+    )
 
 
 def checked_pair(case):
@@ -791,8 +900,13 @@ def set_threads(case, args):
 
 def paired(keras_values, torch_values):
     ratios = [k / t for k, t in zip(keras_values, torch_values)]
-    return (statistics.median(keras_values), statistics.median(torch_values),
-            statistics.median(ratios), min(ratios), max(ratios))
+    return (
+        statistics.median(keras_values),
+        statistics.median(torch_values),
+        statistics.median(ratios),
+        min(ratios),
+        max(ratios),
+    )
 
 
 def measure(case, args, scratch):
@@ -817,16 +931,25 @@ def measure(case, args, scratch):
             if repeat:
                 figures[runner].append(clock.figures())
         loads.append(os.getloadavg()[0])
-        print(f"  {case.name} repeat {repeat}: " + ", ".join(
-            f"{runner} {clock_text(figures[runner])}" for runner in runners)
-            + f" ms/step (wall, CPU), load {loads[-1]:.1f}", flush=True)
+        print(
+            f"  {case.name} repeat {repeat}: "
+            + ", ".join(f"{runner} {clock_text(figures[runner])}" for runner in runners)
+            + f" ms/step (wall, CPU), load {loads[-1]:.1f}",
+            flush=True,
+        )
 
     def against_torch(runner):
-        return [paired(k, t) for k, t in zip(zip(*figures[runner]),
-                                             zip(*figures["torch"]))]
+        return [
+            paired(k, t) for k, t in zip(zip(*figures[runner]), zip(*figures["torch"]))
+        ]
 
-    row = dict(case=case, threads=threads, difference=difference,
-               figures=against_torch("keras"), load=statistics.median(loads))
+    row = dict(
+        case=case,
+        threads=threads,
+        difference=difference,
+        figures=against_torch("keras"),
+        load=statistics.median(loads),
+    )
     if "shipped" in runners:
         row["shipped"] = against_torch("shipped")
     return row
@@ -842,12 +965,14 @@ def clock_text(values):
 def machine_line(threads_text):
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     policy = os.environ.get("OMP_WAIT_POLICY", "unset")
-    return (f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch "
-            f"threads {threads_text}, OMP_WAIT_POLICY {policy}, load average {load} "
-            f"(1/5/15 min); Python "
-            f"{platform.python_version()}, keras {keras.__version__}, torch "
-            f"{torch.__version__}, numpy {np.__version__}, backend "
-            f"{keras.backend.backend()}, common.speedups {keras_fixes()}")
+    return (
+        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch "
+        f"threads {threads_text}, OMP_WAIT_POLICY {policy}, load average {load} "
+        f"(1/5/15 min); Python "
+        f"{platform.python_version()}, keras {keras.__version__}, torch "
+        f"{torch.__version__}, numpy {np.__version__}, backend "
+        f"{keras.backend.backend()}, common.speedups {keras_fixes()}"
+    )
 
 
 def ratio_text(figures):
@@ -860,21 +985,28 @@ def command_line(argv):
 
 def print_table(rows, args, argv):
     print()
-    print(f"Keras (common.training.fit, as the labs) vs a hand-written torch loop; "
-          f"median of {args.repeats} interleaved repeats of {args.epochs} epochs "
-          f"after a warm-up; progress output verbose="
-          f"{training.progress_verbosity()}")
+    print(
+        f"Keras (common.training.fit, as the labs) vs a hand-written torch loop; "
+        f"median of {args.repeats} interleaved repeats of {args.epochs} epochs "
+        f"after a warm-up; progress output verbose="
+        f"{training.progress_verbosity()}"
+    )
     print(f"command: {command_line(argv)}")
     threads = sorted({row["threads"] for row in rows})
     print(machine_line("/".join(str(t) for t in threads)))
     print()
     shipped = all("shipped" in row for row in rows)
-    print("| model | threads | wall ms/step Keras / torch | ratio (min-max) | "
-          "CPU ms/step Keras / torch | ratio (min-max) | wall ms/epoch Keras / "
-          "torch | ratio | CPU ms/epoch ratio |"
-          + (" Keras as shipped: CPU ms/step | ratio (min-max) | ms/epoch ratio |"
-             if shipped else "")
-          + " steps/epoch | load | max abs diff |")
+    print(
+        "| model | threads | wall ms/step Keras / torch | ratio (min-max) | "
+        "CPU ms/step Keras / torch | ratio (min-max) | wall ms/epoch Keras / "
+        "torch | ratio | CPU ms/epoch ratio |"
+        + (
+            " Keras as shipped: CPU ms/step | ratio (min-max) | ms/epoch ratio |"
+            if shipped
+            else ""
+        )
+        + " steps/epoch | load | max abs diff |"
+    )
     print("|---" * (12 + 3 * shipped) + "|")
     for row in rows:
         case = row["case"]
@@ -883,20 +1015,28 @@ def print_table(rows, args, argv):
         extra = ""
         if shipped:
             _, shipped_cpu, _, shipped_epoch = row["shipped"]
-            extra = (f" {shipped_cpu[0]:.1f} | {ratio_text(shipped_cpu)} | "
-                     f"{shipped_epoch[2]:.2f}x |")
-        print(f"| {case.title} | {row['threads']} | {wall[0]:.1f} / {wall[1]:.1f} | "
-              f"{ratio_text(wall)} | {cpu[0]:.1f} / {cpu[1]:.1f} | {ratio_text(cpu)} "
-              f"| {epoch[0]:.0f} / {epoch[1]:.0f} | {epoch[2]:.2f}x | "
-              f"{cpu_epoch[2]:.2f}x |{extra} {steps} | {row['load']:.1f} | "
-              f"{row['difference']:.1e} |")
+            extra = (
+                f" {shipped_cpu[0]:.1f} | {ratio_text(shipped_cpu)} | "
+                f"{shipped_epoch[2]:.2f}x |"
+            )
+        print(
+            f"| {case.title} | {row['threads']} | {wall[0]:.1f} / {wall[1]:.1f} | "
+            f"{ratio_text(wall)} | {cpu[0]:.1f} / {cpu[1]:.1f} | {ratio_text(cpu)} "
+            f"| {epoch[0]:.0f} / {epoch[1]:.0f} | {epoch[2]:.2f}x | "
+            f"{cpu_epoch[2]:.2f}x |{extra} {steps} | {row['load']:.1f} | "
+            f"{row['difference']:.1e} |"
+        )
     print()
-    print("Keras = the labs' path, with common.speedups (the workbook's fixes to "
-          "Keras's torch backend); Keras as shipped = the same fit with them off.")
-    print("ratio = Keras / torch, median of the per-repeat pairs (target <= 1.10). "
-          "max abs diff: largest difference of the two forward passes with the "
-          "same weights (probabilities, predictions, or generated pixels and "
-          "scores).")
+    print(
+        "Keras = the labs' path, with common.speedups (the workbook's fixes to "
+        "Keras's torch backend); Keras as shipped = the same fit with them off."
+    )
+    print(
+        "ratio = Keras / torch, median of the per-repeat pairs (target <= 1.10). "
+        "max abs diff: largest difference of the two forward passes with the "
+        "same weights (probabilities, predictions, or generated pixels and "
+        "scores)."
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -907,26 +1047,35 @@ def workbook_callbacks(run, case, checkpoint=True):
     from common.callbacks import HistoryRecorder, InterruptSafeBackup, early_stopping
     from common.runs import BACKUP
 
-    stopper = early_stopping(monitor=case.fit_args["monitor"],
-                             patience=case.fit_args["patience"])
-    callbacks = [stopper, HistoryRecorder(run.path, early_stopping=stopper),
-                 keras.callbacks.TerminateOnNaN(), *case.lab_callbacks()]
+    stopper = early_stopping(
+        monitor=case.fit_args["monitor"], patience=case.fit_args["patience"]
+    )
+    callbacks = [
+        stopper,
+        HistoryRecorder(run.path, early_stopping=stopper),
+        keras.callbacks.TerminateOnNaN(),
+        *case.lab_callbacks(),
+    ]
     if checkpoint:
-        callbacks.append(InterruptSafeBackup(str(run.path / BACKUP),
-                                             double_checkpoint=True))
+        callbacks.append(
+            InterruptSafeBackup(str(run.path / BACKUP), double_checkpoint=True)
+        )
     return callbacks
 
 
-def plain_fit(case, model, clock, epochs, verbose=0, callbacks=(), feed="arrays",
-              **kwargs):
+def plain_fit(
+    case, model, clock, epochs, verbose=0, callbacks=(), feed="arrays", **kwargs
+):
     """``model.fit`` directly: chosen callbacks, verbosity and data feeding."""
     x, y = case.fit_args["x"], case.fit_args["y"]
     validation = case.fit_args["validation_data"]
     batch_size = case.batch_size
     if feed == "channels_first":
         x = np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))
-        validation = (np.ascontiguousarray(np.transpose(validation[0], (0, 3, 1, 2))),
-                      *validation[1:])
+        validation = (
+            np.ascontiguousarray(np.transpose(validation[0], (0, 3, 1, 2))),
+            *validation[1:],
+        )
     elif feed != "arrays":
         tensors = [torch.from_numpy(np.asarray(x))]
         if y is not None:
@@ -936,20 +1085,31 @@ def plain_fit(case, model, clock, epochs, verbose=0, callbacks=(), feed="arrays"
         else:
             dataset = torch.utils.data.TensorDataset(*tensors)
             if feed == "dataloader":
-                loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size,
-                                                     shuffle=True)
+                loader = torch.utils.data.DataLoader(
+                    dataset, batch_size=batch_size, shuffle=True
+                )
             else:  # "prebatched": the batches cut once, their order shuffled
-                prebatched = [tuple(t[part] for t in tensors)
-                              for part in batches(len(tensors[0]), batch_size)]
-                loader = torch.utils.data.DataLoader(prebatched, batch_size=None,
-                                                     shuffle=True)
+                prebatched = [
+                    tuple(t[part] for t in tensors)
+                    for part in batches(len(tensors[0]), batch_size)
+                ]
+                loader = torch.utils.data.DataLoader(
+                    prebatched, batch_size=None, shuffle=True
+                )
             x, y, batch_size = loader, None, None
             kwargs.setdefault("shuffle", False)  # the loader shuffles
     instrument(model, clock)
-    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
-              callbacks=[clock, *callbacks], validation_data=validation,
-              validation_batch_size=case.fit_args.get("validation_batch_size"),
-              **kwargs)
+    model.fit(
+        x,
+        y,
+        batch_size=batch_size,
+        epochs=epochs,
+        verbose=verbose,
+        callbacks=[clock, *callbacks],
+        validation_data=validation,
+        validation_batch_size=case.fit_args.get("validation_batch_size"),
+        **kwargs,
+    )
 
 
 def experiment_variants(case, run):
@@ -962,30 +1122,48 @@ def experiment_variants(case, run):
     def direct(verbose=0, callbacks=False, checkpoint=True, **kwargs):
         def runner(model, clock, epochs):
             extra = workbook_callbacks(run, case, checkpoint) if callbacks else []
-            plain_fit(case, model, clock, epochs, verbose=verbose, callbacks=extra,
-                      **kwargs)
+            plain_fit(
+                case, model, clock, epochs, verbose=verbose, callbacks=extra, **kwargs
+            )
+
         return runner
 
     variants = [
         ("lab path: common.training.fit (verbose=2, all callbacks)", {}, lab),
-        ("model.fit, workbook callbacks, verbose=1 (terminal bar)", {},
-         direct(verbose=1, callbacks=True)),
-        ("model.fit, workbook callbacks, verbose=0", {},
-         direct(verbose=0, callbacks=True)),
-        ("model.fit, workbook callbacks but no checkpoint, verbose=2", {},
-         direct(verbose=2, callbacks=True, checkpoint=False)),
+        (
+            "model.fit, workbook callbacks, verbose=1 (terminal bar)",
+            {},
+            direct(verbose=1, callbacks=True),
+        ),
+        (
+            "model.fit, workbook callbacks, verbose=0",
+            {},
+            direct(verbose=0, callbacks=True),
+        ),
+        (
+            "model.fit, workbook callbacks but no checkpoint, verbose=2",
+            {},
+            direct(verbose=2, callbacks=True, checkpoint=False),
+        ),
         ("model.fit, no callbacks, verbose=0 (Keras floor)", {}, direct()),
-        *([] if case.name.startswith("lab3") else [
-            ("  + no metrics (loss only)", {"metrics": []}, direct())]),
+        *(
+            []
+            if case.name.startswith("lab3")
+            else [("  + no metrics (loss only)", {"metrics": []}, direct())]
+        ),
         ("  + x, y as torch tensors", {}, direct(feed="tensors")),
-        ("  + torch DataLoader(TensorDataset, shuffle)", {},
-         direct(feed="dataloader")),
+        ("  + torch DataLoader(TensorDataset, shuffle)", {}, direct(feed="dataloader")),
         ("  + pre-batched tensors in a DataLoader", {}, direct(feed="prebatched")),
         ("  + jit_compile=True (torch.compile)", {"jit_compile": True}, direct()),
     ]
     if image:
-        variants.append(("  + channels_first model and NCHW data",
-                         {"channels_first": True}, direct(feed="channels_first")))
+        variants.append(
+            (
+                "  + channels_first model and NCHW data",
+                {"channels_first": True},
+                direct(feed="channels_first"),
+            )
+        )
 
     def shipped(model, clock, epochs):
         with keras_as_shipped():
@@ -1002,8 +1180,9 @@ def run_experiments(name, args, argv, scratch):
     variants = experiment_variants(case, run)
     if args.variants:
         words = [word.strip() for word in args.variants.split(",") if word.strip()]
-        variants = [variant for variant in variants
-                    if any(word in variant[0] for word in words)]
+        variants = [
+            variant for variant in variants if any(word in variant[0] for word in words)
+        ]
     models = []
     for label, build_kwargs, _ in variants:
         seed_everything(0)
@@ -1016,7 +1195,7 @@ def run_experiments(name, args, argv, scratch):
     torch_figures = []
     for repeat in range(args.repeats + 1):
         order = list(range(len(variants)))
-        order = order[repeat % len(order):] + order[: repeat % len(order)]
+        order = order[repeat % len(order) :] + order[: repeat % len(order)]
         clock = Clock()
         case.torch_loop.run(clock, args.epochs)
         if repeat:
@@ -1039,31 +1218,48 @@ def run_experiments(name, args, argv, scratch):
     spe = steps_per_execution_check()
     reference = [statistics.median(column) for column in zip(*torch_figures)]
     print()
-    print(f"{case.title}: variants of the Keras path vs the torch loop, median of "
-          f"{args.repeats} repeats of {args.epochs} epochs (order rotated)")
+    print(
+        f"{case.title}: variants of the Keras path vs the torch loop, median of "
+        f"{args.repeats} repeats of {args.epochs} epochs (order rotated)"
+    )
     print(f"command: {command_line(argv)}")
     print(machine_line(str(threads)))
     print()
-    print("| Keras variant | wall ms/step | / torch | CPU ms/step | / torch | "
-          "wall ms/epoch | / torch | CPU ms/epoch | / torch |")
+    print(
+        "| Keras variant | wall ms/step | / torch | CPU ms/step | / torch | "
+        "wall ms/epoch | / torch | CPU ms/epoch | / torch |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    print("| hand-written torch loop (reference) | " + " | ".join(
-        f"{value:.1f} | 1.00x" for value in reference) + " |")
+    print(
+        "| hand-written torch loop (reference) | "
+        + " | ".join(f"{value:.1f} | 1.00x" for value in reference)
+        + " |"
+    )
     for (label, _, _), model in zip(variants, models):
         if not figures[label]:
-            reason = f"{type(model).__name__}" if isinstance(model, Exception) \
+            reason = (
+                f"{type(model).__name__}"
+                if isinstance(model, Exception)
                 else "no figure"
+            )
             print(f"| {label} | failed: {reason} |" + " |" * 7)
             continue
         medians = [statistics.median(column) for column in zip(*figures[label])]
-        print(f"| {label} | " + " | ".join(
-            f"{value:.1f} | {value / base:.2f}x"
-            for value, base in zip(medians, reference)) + " |")
+        print(
+            f"| {label} | "
+            + " | ".join(
+                f"{value:.1f} | {value / base:.2f}x"
+                for value, base in zip(medians, reference)
+            )
+            + " |"
+        )
     print(f"| steps_per_execution=2 | {spe} |" + " |" * 7)
     saves = checkpoint_ms(case, run)
     print()
-    print(f"per-epoch checkpoint (InterruptSafeBackup, double_checkpoint): "
-          f"{saves[0]:.1f} ms wall, {saves[1]:.1f} ms CPU per save (median of 7)")
+    print(
+        f"per-epoch checkpoint (InterruptSafeBackup, double_checkpoint): "
+        f"{saves[0]:.1f} ms wall, {saves[1]:.1f} ms CPU per save (median of 7)"
+    )
 
 
 def checkpoint_ms(case, run, repeats=7):
@@ -1072,8 +1268,9 @@ def checkpoint_ms(case, run, repeats=7):
 
     seed_everything(0)
     model = case.build_keras()
-    backup = InterruptSafeBackup(str(run.path / "backup_timing"),
-                                 double_checkpoint=True)
+    backup = InterruptSafeBackup(
+        str(run.path / "backup_timing"), double_checkpoint=True
+    )
     backup.set_model(model)
     timings = []
     for epoch in range(repeats + 1):
@@ -1091,8 +1288,13 @@ def steps_per_execution_check():
     model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
     model.compile(optimizer="adam", loss="mse", steps_per_execution=2)
     try:
-        model.fit(np.zeros((8, 4), "float32"), np.zeros((8, 1), "float32"),
-                  batch_size=2, epochs=1, verbose=0)
+        model.fit(
+            np.zeros((8, 4), "float32"),
+            np.zeros((8, 1), "float32"),
+            batch_size=2,
+            epochs=1,
+            verbose=0,
+        )
     except ValueError as error:
         return f"refused by Keras: {str(error).split(' Received')[0]}"
     return "runs"
@@ -1118,44 +1320,77 @@ def run_threads_experiment(name, args, argv):
             environment.pop("OMP_WAIT_POLICY", None)
             if policy:
                 environment["OMP_WAIT_POLICY"] = policy
-            command = [sys.executable, "-m", "bench.train_step", "--models", name,
-                       "--repeats", "1", "--epochs", str(args.epochs), "--threads",
-                       threads, "--torch-layout", args.torch_layout, "--json"]
-            child = subprocess.run(command, cwd=ROOT, env=environment, text=True,
-                                   capture_output=True, timeout=900)
-            lines = [line for line in child.stdout.splitlines()
-                     if line.startswith("JSON ")]
+            command = [
+                sys.executable,
+                "-m",
+                "bench.train_step",
+                "--models",
+                name,
+                "--repeats",
+                "1",
+                "--epochs",
+                str(args.epochs),
+                "--threads",
+                threads,
+                "--torch-layout",
+                args.torch_layout,
+                "--json",
+            ]
+            child = subprocess.run(
+                command,
+                cwd=ROOT,
+                env=environment,
+                text=True,
+                capture_output=True,
+                timeout=900,
+            )
+            lines = [
+                line for line in child.stdout.splitlines() if line.startswith("JSON ")
+            ]
             if child.returncode or not lines:
-                print(f"  {threads} thread(s), {policy}: failed "
-                      f"({child.stderr.strip().splitlines()[-1:]})")
+                print(
+                    f"  {threads} thread(s), {policy}: failed "
+                    f"({child.stderr.strip().splitlines()[-1:]})"
+                )
                 continue
             row = json.loads(lines[-1][5:])[0]
             results[(threads, policy)].append(row)
             wall = row["figures"][0]
-            print(f"  round {repeat + 1}: {threads} thread(s), OMP_WAIT_POLICY "
-                  f"{policy or 'unset'}: Keras {wall[0]:.1f}, torch {wall[1]:.1f} "
-                  f"ms/step, load {row['load']:.1f}", flush=True)
+            print(
+                f"  round {repeat + 1}: {threads} thread(s), OMP_WAIT_POLICY "
+                f"{policy or 'unset'}: Keras {wall[0]:.1f}, torch {wall[1]:.1f} "
+                f"ms/step, load {row['load']:.1f}",
+                flush=True,
+            )
     print()
-    print(f"{name}: torch threads and OpenMP wait policy, one process per "
-          f"measurement, median of {args.repeats} rounds (settings rotated)")
+    print(
+        f"{name}: torch threads and OpenMP wait policy, one process per "
+        f"measurement, median of {args.repeats} rounds (settings rotated)"
+    )
     print(f"command: {command_line(argv)}")
     print(machine_line("see table"))
     print()
-    print("| torch threads | OMP_WAIT_POLICY | Keras wall ms/step | torch wall ms/step "
-          "| ratio | Keras CPU ms/step | torch CPU ms/step | load |")
+    print(
+        "| torch threads | OMP_WAIT_POLICY | Keras wall ms/step | torch wall ms/step "
+        "| ratio | Keras CPU ms/step | torch CPU ms/step | load |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for (threads, policy), rows in results.items():
         if not rows:
             print(f"| {threads} | {policy or 'unset'} | failed |" + " |" * 5)
             continue
-        wall = [statistics.median(row["figures"][0][i] for row in rows)
-                for i in range(2)]
-        cpu = [statistics.median(row["figures"][1][i] for row in rows)
-               for i in range(2)]
+        wall = [
+            statistics.median(row["figures"][0][i] for row in rows) for i in range(2)
+        ]
+        cpu = [
+            statistics.median(row["figures"][1][i] for row in rows) for i in range(2)
+        ]
         ratio = statistics.median(row["figures"][0][2] for row in rows)
         load = statistics.median(row["load"] for row in rows)
-        print(f"| {threads} | {policy or 'unset'} | {wall[0]:.1f} | {wall[1]:.1f} | "
-              f"{ratio:.2f}x | {cpu[0]:.1f} | {cpu[1]:.1f} | {load:.1f} |")
+        print(
+            f"| {threads} | {policy or 'unset'} | {wall[0]:.1f} | {wall[1]:.1f} | "
+            f"{ratio:.2f}x | {cpu[0]:.1f} | {cpu[1]:.1f} | {load:.1f} |"
+        )
 
 
 @contextlib.contextmanager
@@ -1191,8 +1426,10 @@ def run_profile(name, args, argv, scratch):
         case.torch_loop.run(clock, 2)
 
     sections, totals = [], {}
-    for label, work in (("Keras (common.training.fit)", keras_work),
-                        ("torch loop", torch_work)):
+    for label, work in (
+        ("Keras (common.training.fit)", keras_work),
+        ("torch loop", torch_work),
+    ):
         profiler = profile(activities=[ProfilerActivity.CPU])
         clock = Clock(window=(1, 1, steps, profiler.start, profiler.stop))
         work(clock)
@@ -1200,12 +1437,18 @@ def run_profile(name, args, argv, scratch):
         total_ms = sum(event.self_cpu_time_total for event in averages) / 1000.0
         totals[label] = total_ms / window
         table = averages.table(sort_by="self_cpu_time_total", row_limit=20)
-        sections.append((
-            f"torch.profiler, {label}: {window} steady-state steps of epoch 2 "
-            f"(data, step, metrics, callbacks; no validation), top 20 by self CPU "
-            f"time; {total_ms / window:.1f} ms of op CPU time per step", table))
-    for label, work in (("Keras (common.training.fit)", keras_work),
-                        ("torch loop", torch_work)):
+        sections.append(
+            (
+                f"torch.profiler, {label}: {window} steady-state steps of epoch 2 "
+                f"(data, step, metrics, callbacks; no validation), top 20 by self CPU "
+                f"time; {total_ms / window:.1f} ms of op CPU time per step",
+                table,
+            )
+        )
+    for label, work in (
+        ("Keras (common.training.fit)", keras_work),
+        ("torch loop", torch_work),
+    ):
         profiler = cProfile.Profile()
         clock = Clock(window=(1, 1, steps, profiler.enable, profiler.disable))
         work(clock)
@@ -1213,21 +1456,36 @@ def run_profile(name, args, argv, scratch):
         stats = pstats.Stats(profiler, stream=stream)
         stats.sort_stats("tottime").print_stats(20)
         stats.sort_stats("cumulative").print_stats(25)
-        text = "\n".join(line.replace(str(ROOT / ".venv"), "<venv>").rstrip()
-                         for line in stream.getvalue().splitlines() if line.strip())
-        sections.append((f"cProfile, {label}: the same {window} steps, top 20 by own "
-                         "time, then top 25 by cumulative time", text))
+        text = "\n".join(
+            line.replace(str(ROOT / ".venv"), "<venv>").rstrip()
+            for line in stream.getvalue().splitlines()
+            if line.strip()
+        )
+        sections.append(
+            (
+                f"cProfile, {label}: the same {window} steps, top 20 by own "
+                "time, then top 25 by cumulative time",
+                text,
+            )
+        )
     header = [
         f"Profile of the steady-state training step: {case.title}",
         f"command: {command_line(argv)}",
         machine_line(str(threads)),
-        "op CPU time per step (torch.profiler, sum of self times): " + ", ".join(
-            f"{label} {value:.1f} ms" for label, value in totals.items()),
+        "op CPU time per step (torch.profiler, sum of self times): "
+        + ", ".join(f"{label} {value:.1f} ms" for label, value in totals.items()),
     ]
-    text = "\n".join(header) + "\n\n" + "\n\n".join(
-        f"== {title} ==\n{body}" for title, body in sections) + "\n"
-    path = Path(args.profile_out) if args.profile_out else (
-        ROOT / "docs" / f"profile_{name}.txt")
+    text = (
+        "\n".join(header)
+        + "\n\n"
+        + "\n\n".join(f"== {title} ==\n{body}" for title, body in sections)
+        + "\n"
+    )
+    path = (
+        Path(args.profile_out)
+        if args.profile_out
+        else (ROOT / "docs" / f"profile_{name}.txt")
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     print(text)
@@ -1239,36 +1497,77 @@ def run_profile(name, args, argv, scratch):
 # ----------------------------------------------------------------------------
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog=COMMAND, description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--models", default=",".join(MODELS),
-                        help=f"comma-separated, from {', '.join(MODELS)}")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed Keras/torch pairs per model (after a warm-up)")
-    parser.add_argument("--epochs", type=int, default=2,
-                        help="epochs per timed run (2+ for an epoch figure)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads for both sides; 0: each lab's "
-                             "own setting (lab 2: 1, others: torch's default)")
-    parser.add_argument("--torch-layout", choices=("channels_last", "nchw"),
-                        default="channels_last",
-                        help="memory format of the torch side's images")
-    parser.add_argument("--experiments", metavar="MODEL", choices=MODELS,
-                        help="time variants of the Keras path for MODEL")
-    parser.add_argument("--variants", default=None,
-                        help="--experiments: only the variants whose label holds "
-                             "one of these comma-separated words")
-    parser.add_argument("--threads-experiment", metavar="MODEL", choices=MODELS,
-                        help="MODEL at 1 and 2 threads, and 2 threads with "
-                             "OMP_WAIT_POLICY=PASSIVE, each in a fresh process")
-    parser.add_argument("--no-shipped", action="store_true",
-                        help="leave out the third runner: the lab path on Keras as "
-                             "shipped, without common.speedups")
+        prog=COMMAND,
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help=f"comma-separated, from {', '.join(MODELS)}",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed Keras/torch pairs per model (after a warm-up)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=2,
+        help="epochs per timed run (2+ for an epoch figure)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads for both sides; 0: each lab's "
+        "own setting (lab 2: 1, others: torch's default)",
+    )
+    parser.add_argument(
+        "--torch-layout",
+        choices=("channels_last", "nchw"),
+        default="channels_last",
+        help="memory format of the torch side's images",
+    )
+    parser.add_argument(
+        "--experiments",
+        metavar="MODEL",
+        choices=MODELS,
+        help="time variants of the Keras path for MODEL",
+    )
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="--experiments: only the variants whose label holds "
+        "one of these comma-separated words",
+    )
+    parser.add_argument(
+        "--threads-experiment",
+        metavar="MODEL",
+        choices=MODELS,
+        help="MODEL at 1 and 2 threads, and 2 threads with "
+        "OMP_WAIT_POLICY=PASSIVE, each in a fresh process",
+    )
+    parser.add_argument(
+        "--no-shipped",
+        action="store_true",
+        help="leave out the third runner: the lab path on Keras as "
+        "shipped, without common.speedups",
+    )
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--profile", metavar="MODEL", choices=MODELS,
-                        help="profile one epoch of MODEL, Keras and torch")
-    parser.add_argument("--profile-out", default=None,
-                        help="file for --profile (default docs/profile_MODEL.txt)")
+    parser.add_argument(
+        "--profile",
+        metavar="MODEL",
+        choices=MODELS,
+        help="profile one epoch of MODEL, Keras and torch",
+    )
+    parser.add_argument(
+        "--profile-out",
+        default=None,
+        help="file for --profile (default docs/profile_MODEL.txt)",
+    )
     args = parser.parse_args(argv)
     args.model_list = [name.strip() for name in args.models.split(",") if name]
     unknown = [name for name in args.model_list if name not in MODELS]
@@ -1302,9 +1601,20 @@ def main(argv=None):
             rows.append(measure(case, args, scratch))
         print_table(rows, args, argv)
         if args.json:
-            print("JSON " + json.dumps([
-                {"model": row["case"].name, "threads": row["threads"],
-                 "load": row["load"], "figures": row["figures"]} for row in rows]))
+            print(
+                "JSON "
+                + json.dumps(
+                    [
+                        {
+                            "model": row["case"].name,
+                            "threads": row["threads"],
+                            "load": row["load"],
+                            "figures": row["figures"],
+                        }
+                        for row in rows
+                    ]
+                )
+            )
         return rows
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

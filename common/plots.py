@@ -66,6 +66,9 @@ def learning_curves(
             )
         for epoch, label in boundaries:
             axis.axvline(epoch, color="purple", linestyle="-.", label=label)
+        shown = [v for row in rows for v in (row.get(train_key), row.get(val_key)) if v]
+        if shown and min(shown) > 0 and max(shown) / min(shown) > 100:
+            axis.set_yscale("log")  # a loss that falls by orders of magnitude
         axis.set_xlabel("epoch")
         axis.set_ylabel(name.replace("_", " "))
         axis.set_title(name.replace("_", " "))

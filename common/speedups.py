@@ -24,9 +24,9 @@ masks, renorm, mixed precision, custom activations, tracing) and gives the same
 outputs and gradients to float32 rounding (tests/test_speedups.py). They replace
 private Keras functions, so they are installed only on the torch backend and only
 for the Keras versions they were tested with; ``WORKBOOK_KERAS_FIXES=0`` turns
-them off (bench/train_step.py compares both). ``common.training`` installs them
-when it is imported, as ``common`` sets its environment defaults, so every lab
-gets them before it builds a model; config.json records ``keras_fixes``.
+them off (bench/train_step.py compares both). The runner (common.experiment)
+installs them explicitly before it builds a model, prints one line saying so (and
+how to turn them off), and config.json records ``keras_fixes``.
 
 This is patching another library's internals, which the workbook otherwise
 avoids. It is done here because the waste is inside Keras's backend functions,
@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 TESTED_KERAS = ("3.15.1",)
+TESTED_TORCH = ("2.13.0",)  # they call torch's private _VF kernels too
 SWITCH = "WORKBOOK_KERAS_FIXES"
 
 _saved = []  # (owner, attribute, original) while installed
@@ -57,6 +58,11 @@ def available():
         return (
             f"Keras {keras.__version__} is not a version they were tested "
             f"with ({', '.join(TESTED_KERAS)})"
+        )
+    if torch.__version__.split("+")[0] not in TESTED_TORCH:
+        return (
+            f"torch {torch.__version__} is not a version they were tested with "
+            f"({', '.join(TESTED_TORCH)})"
         )
     if os.environ.get(SWITCH, "1") == "0":
         return f"{SWITCH}=0"

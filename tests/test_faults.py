@@ -38,7 +38,10 @@ def test_sigint_keeps_the_run_and_resume_finishes_it_without_gaps(tmp_path):
     # job control) makes its children ignore SIGINT, and a child that inherits
     # SIG_IGN never sees the signal (measured: the run finished with exit 0).
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 240

@@ -17,8 +17,15 @@ from common import cli, experiment
 from labs import lab2_rnn
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_FILES = ("config.json", "history.csv", "history.json", "metrics.json",
-             "model.keras", "report.md", "plots/learning_curves.png")
+RUN_FILES = (
+    "config.json",
+    "history.csv",
+    "history.json",
+    "metrics.json",
+    "model.keras",
+    "report.md",
+    "plots/learning_curves.png",
+)
 RECURRENT_CLASSES = {"simple": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
 OPTIMIZERS = {"1": "Adam", "2": "RMSprop", "3": "Adam"}
 
@@ -51,16 +58,32 @@ def load_model(path):
 @pytest.mark.parametrize("arch", ["1", "2", "3"])
 def test_every_arch_and_cell_trains_on_adding(tmp_path, arch, cell):
     out = tmp_path / "run"
-    metrics = lab2_rnn.main(["--dataset", "adding", "--arch", arch, "--cell", cell,
-                             "--quick", "--seq-len", "10", "--out", str(out)])
+    metrics = lab2_rnn.main(
+        [
+            "--dataset",
+            "adding",
+            "--arch",
+            arch,
+            "--cell",
+            cell,
+            "--quick",
+            "--seq-len",
+            "10",
+            "--out",
+            str(out),
+        ]
+    )
     assert_run_directory(out, extra=("plots/predictions.png",))
     written = read_json(out / "metrics.json")
     assert written["mse"] == pytest.approx(metrics["mse"])
     assert 0.0 < written["mse"] < 5.0
     assert 0.05 < written["baseline_mse"] < 0.4  # 1/6 on average; 128 test sequences
     model = load_model(out)
-    recurrent = [layer for layer in model.layers
-                 if type(layer).__name__ in RECURRENT_CLASSES.values()]
+    recurrent = [
+        layer
+        for layer in model.layers
+        if type(layer).__name__ in RECURRENT_CLASSES.values()
+    ]
     assert {type(layer).__name__ for layer in recurrent} == {RECURRENT_CLASSES[cell]}
     assert len(recurrent) == (2 if arch == "3" else 1)
     assert type(model.optimizer).__name__ == OPTIMIZERS[arch]
@@ -73,11 +96,29 @@ def test_every_arch_and_cell_trains_on_adding(tmp_path, arch, cell):
 
 def test_compare_writes_one_sub_run_per_cell_and_the_comparison(tmp_path):
     out = tmp_path / "compare"
-    metrics = lab2_rnn.main(["--dataset", "adding", "--compare", "--quick",
-                             "--seq-len", "8", "--out", str(out)])
-    for name in ("comparison.md", "comparison.json", "history.csv", "history.json",
-                 "metrics.json", "model.keras", "report.md",
-                 "plots/learning_curves.png", "plots/comparison.png"):
+    metrics = lab2_rnn.main(
+        [
+            "--dataset",
+            "adding",
+            "--compare",
+            "--quick",
+            "--seq-len",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
+    for name in (
+        "comparison.md",
+        "comparison.json",
+        "history.csv",
+        "history.json",
+        "metrics.json",
+        "model.keras",
+        "report.md",
+        "plots/learning_curves.png",
+        "plots/comparison.png",
+    ):
         assert (out / name).is_file(), name
     table = read_json(out / "comparison.json")
     assert [row["variant"] for row in table["rows"]] == list(RECURRENT_CLASSES)
@@ -100,8 +141,17 @@ def test_compare_writes_one_sub_run_per_cell_and_the_comparison(tmp_path):
 
 
 def test_same_seed_gives_the_same_result(tmp_path):
-    argv = ["--dataset", "adding", "--quick", "--arch", "1", "--seq-len", "6",
-            "--seed", "3"]
+    argv = [
+        "--dataset",
+        "adding",
+        "--quick",
+        "--arch",
+        "1",
+        "--seq-len",
+        "6",
+        "--seed",
+        "3",
+    ]
     first = lab2_rnn.main([*argv, "--out", str(tmp_path / "a")])
     second = lab2_rnn.main([*argv, "--out", str(tmp_path / "b")])
     assert first["mse"] == pytest.approx(second["mse"], rel=1e-5)
@@ -109,10 +159,12 @@ def test_same_seed_gives_the_same_result(tmp_path):
 
 def test_digits_are_read_row_by_row_with_a_softmax_head(tmp_path):
     out = tmp_path / "digits"
-    lab2_rnn.main(["--dataset", "digits", "--cell", "gru", "--quick",
-                   "--out", str(out)])
-    metrics = assert_run_directory(out, extra=("plots/confusion_matrix.png",
-                                               "classification_report.txt"))
+    lab2_rnn.main(
+        ["--dataset", "digits", "--cell", "gru", "--quick", "--out", str(out)]
+    )
+    metrics = assert_run_directory(
+        out, extra=("plots/confusion_matrix.png", "classification_report.txt")
+    )
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert 0.0 <= metrics["macro_f1"] <= 1.0
     model = load_model(out)
@@ -152,23 +204,35 @@ def test_adding_targets_are_the_sum_of_the_marked_values():
     data = lab2_rnn.load_adding(10, 30, seed=1)
     values, markers = data.x_train[..., 0], data.x_train[..., 1]
     np.testing.assert_array_equal(markers.sum(axis=1), 2)
-    np.testing.assert_allclose((values * markers).sum(axis=1), data.y_train,
-                               rtol=1e-6)
+    np.testing.assert_allclose((values * markers).sum(axis=1), data.y_train, rtol=1e-6)
 
 
 def test_pre_pad_moves_padding_to_the_front():
     ids = np.array([[5, 6, 0, 0], [1, 2, 3, 4], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(lab2_rnn.pre_pad(ids),
-                                  [[0, 0, 5, 6], [1, 2, 3, 4], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        lab2_rnn.pre_pad(ids), [[0, 0, 5, 6], [1, 2, 3, 4], [0, 0, 0, 0]]
+    )
 
 
 def test_imdb_reviews_under_tfds_mock_data(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     out = tmp_path / "imdb"
     with tfds.testing.mock_data(num_examples=16):
-        lab2_rnn.main(["--dataset", "imdb_reviews", "--arch", "1", "--quick",
-                       "--seq-len", "16", "--vocabulary-size", "200",
-                       "--out", str(out)])
+        lab2_rnn.main(
+            [
+                "--dataset",
+                "imdb_reviews",
+                "--arch",
+                "1",
+                "--quick",
+                "--seq-len",
+                "16",
+                "--vocabulary-size",
+                "200",
+                "--out",
+                str(out),
+            ]
+        )
     metrics = assert_run_directory(out, extra=("plots/confusion_matrix.png",))
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     model = load_model(out)
@@ -176,15 +240,18 @@ def test_imdb_reviews_under_tfds_mock_data(tmp_path):
     assert model.layers[-1].get_config()["activation"] == "sigmoid"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--arch", "4"], "invalid choice: '4'"),
-    (["--seq-len", "0"], "must be at least 1"),
-    (["--cell", "transformer"], "invalid choice: 'transformer'"),
-    (["--epochs", "0"], "must be at least 1"),
-    (["--dataset", "cifar10"], "unknown --dataset 'cifar10'"),
-    (["--compare", "--cell", "lstm"], "leave out --cell"),
-    (["--dataset", "digits", "--seq-len", "20"], "always read as 8 rows"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--arch", "4"], "invalid choice: '4'"),
+        (["--seq-len", "0"], "must be at least 1"),
+        (["--cell", "transformer"], "invalid choice: 'transformer'"),
+        (["--epochs", "0"], "must be at least 1"),
+        (["--dataset", "cifar10"], "unknown --dataset 'cifar10'"),
+        (["--compare", "--cell", "lstm"], "leave out --cell"),
+        (["--dataset", "digits", "--seq-len", "20"], "always read as 8 rows"),
+    ],
+)
 def test_bad_values_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as raised:
         experiment.parse_args(lab2_rnn.LAB, argv)
@@ -193,8 +260,18 @@ def test_bad_values_are_usage_errors(argv, message, capsys):
 
 
 def test_too_short_adding_sequence_is_a_clear_runtime_error(tmp_path, capsys):
-    code = cli.run(lab2_rnn.main, ["--dataset", "adding", "--seq-len", "1", "--quick",
-                                   "--out", str(tmp_path / "run")])
+    code = cli.run(
+        lab2_rnn.main,
+        [
+            "--dataset",
+            "adding",
+            "--seq-len",
+            "1",
+            "--quick",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     error = capsys.readouterr().err
     assert code == 1
     assert "at least 2 steps" in error and "Traceback" not in error
@@ -202,7 +279,12 @@ def test_too_short_adding_sequence_is_a_clear_runtime_error(tmp_path, capsys):
 
 
 def test_command_line_exit_code_for_a_bad_arch():
-    result = subprocess.run([sys.executable, "-m", "labs.lab2_rnn", "--arch", "4"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "labs.lab2_rnn", "--arch", "4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "invalid choice: '4'" in result.stderr

@@ -20,7 +20,7 @@ TOLERANCE = 2e-5
 
 @pytest.fixture(autouse=True)
 def fixes_restored():
-    """Each test starts with the fixes as common.training leaves them: on."""
+    """Each test starts with the fixes as the runner leaves them: on."""
     speedups.install()
     yield
     speedups.install()
@@ -34,8 +34,11 @@ def step(model, x, y, training=True):
     loss = torch.mean((outputs - torch.tensor(y)) ** 2)
     loss.backward()
     gradients = [v.value.grad.numpy().copy() for v in model.trainable_weights]
-    return (outputs.detach().numpy(), gradients + [x.grad.numpy()],
-            [w.copy() for w in model.get_weights()])
+    return (
+        outputs.detach().numpy(),
+        gradients + [x.grad.numpy()],
+        [w.copy() for w in model.get_weights()],
+    )
 
 
 def fixed_then_original(model, work):
@@ -56,14 +59,14 @@ def fixed_and_original(model, x, training=True):
 
 
 def assert_same(fixed, original):
-    for name, a, b in zip(("outputs", "gradients", "weights after"), fixed,
-                          original):
+    for name, a, b in zip(("outputs", "gradients", "weights after"), fixed, original):
         a, b = (a, b) if isinstance(a, list) else ([a], [b])
         assert len(a) == len(b)
         for left, right in zip(a, b):
             scale = max(1.0, float(np.abs(right).max()))
-            np.testing.assert_allclose(left, right, atol=TOLERANCE * scale,
-                                       err_msg=name)
+            np.testing.assert_allclose(
+                left, right, atol=TOLERANCE * scale, err_msg=name
+            )
 
 
 def images(shape, seed=0):
@@ -72,20 +75,30 @@ def images(shape, seed=0):
 
 CNN_CASES = {
     "conv valid + max pool": lambda: [
-        layers.Conv2D(6, 3, activation="relu"), layers.MaxPooling2D()],
+        layers.Conv2D(6, 3, activation="relu"),
+        layers.MaxPooling2D(),
+    ],
     "conv same, strides 2 + average pool same": lambda: [
         layers.Conv2D(5, 3, strides=2, padding="same"),
-        layers.AveragePooling2D(3, strides=1, padding="same")],
+        layers.AveragePooling2D(3, strides=1, padding="same"),
+    ],
     "depthwise + separable + transpose": lambda: [
         layers.DepthwiseConv2D(3, padding="same"),
-        layers.SeparableConv2D(4, 3), layers.Conv2DTranspose(3, 3, strides=2)],
+        layers.SeparableConv2D(4, 3),
+        layers.Conv2DTranspose(3, 3, strides=2),
+    ],
     "batch norm (conv) + global pools": lambda: [
-        layers.Conv2D(4, 3), layers.BatchNormalization(momentum=0.9),
-        layers.GlobalMaxPooling2D(keepdims=True)],
+        layers.Conv2D(4, 3),
+        layers.BatchNormalization(momentum=0.9),
+        layers.GlobalMaxPooling2D(keepdims=True),
+    ],
     "batch norm without scale and center": lambda: [
-        layers.BatchNormalization(scale=False, center=False, epsilon=1e-5)],
+        layers.BatchNormalization(scale=False, center=False, epsilon=1e-5)
+    ],
     "3-D conv and pool": lambda: [
-        layers.Conv3D(3, 2), layers.MaxPooling3D(pool_size=2)],
+        layers.Conv3D(3, 2),
+        layers.MaxPooling3D(pool_size=2),
+    ],
 }
 
 
@@ -118,23 +131,31 @@ def test_batch_norm_on_dense_features_and_its_moving_statistics():
 RNN_CASES = {
     "lstm": lambda: layers.LSTM(8),
     "lstm, sequences, backwards": lambda: layers.LSTM(
-        5, return_sequences=True, go_backwards=True),
+        5, return_sequences=True, go_backwards=True
+    ),
     "gru": lambda: layers.GRU(8),
     "gru, sequences, backwards": lambda: layers.GRU(
-        5, return_sequences=True, go_backwards=True),
+        5, return_sequences=True, go_backwards=True
+    ),
     "lstm without bias (Keras's loop)": lambda: layers.LSTM(4, use_bias=False),
     "gru, relu (Keras's loop)": lambda: layers.GRU(4, activation="relu"),
     "simple rnn": lambda: layers.SimpleRNN(8),
     "simple rnn, relu, sequences, backwards": lambda: layers.SimpleRNN(
-        5, activation="relu", return_sequences=True, go_backwards=True),
+        5, activation="relu", return_sequences=True, go_backwards=True
+    ),
     "simple rnn without bias": lambda: layers.SimpleRNN(4, use_bias=False),
     "simple rnn, sigmoid (Keras's loop)": lambda: layers.SimpleRNN(
-        4, activation="sigmoid"),
+        4, activation="sigmoid"
+    ),
     "simple rnn, dropout (Keras's loop)": lambda: layers.SimpleRNN(
-        4, dropout=0.0001, recurrent_dropout=0.0001),
-    "stacked simple rnn, relu over tanh": lambda: keras.Sequential([
-        layers.SimpleRNN(6, return_sequences=True),
-        layers.SimpleRNN(3, activation="relu")]),
+        4, dropout=0.0001, recurrent_dropout=0.0001
+    ),
+    "stacked simple rnn, relu over tanh": lambda: keras.Sequential(
+        [
+            layers.SimpleRNN(6, return_sequences=True),
+            layers.SimpleRNN(3, activation="relu"),
+        ]
+    ),
 }
 
 
@@ -163,15 +184,27 @@ def test_fused_kernels_are_taken_on_cpu(monkeypatch):
     calls = []
     for name in ("lstm", "gru", "rnn_tanh"):
         real = getattr(torch._VF, name)
-        monkeypatch.setattr(torch._VF, name, lambda *a, _real=real, _n=name, **k: (
-            calls.append(_n), _real(*a, **k))[1])
+        monkeypatch.setattr(
+            torch._VF,
+            name,
+            lambda *a, _real=real, _n=name, **k: (calls.append(_n), _real(*a, **k))[1],
+        )
     real_batch_norm = torch.native_batch_norm
-    monkeypatch.setattr(torch, "native_batch_norm", lambda *a, **k: (
-        calls.append("batch_norm"), real_batch_norm(*a, **k))[1])
+    monkeypatch.setattr(
+        torch,
+        "native_batch_norm",
+        lambda *a, **k: (calls.append("batch_norm"), real_batch_norm(*a, **k))[1],
+    )
     inputs = keras.Input((5, 2))
-    model = keras.Model(inputs, [layers.LSTM(3)(inputs), layers.GRU(3)(inputs),
-                                 layers.SimpleRNN(3)(inputs),
-                                 layers.BatchNormalization()(inputs[:, 0])])
+    model = keras.Model(
+        inputs,
+        [
+            layers.LSTM(3)(inputs),
+            layers.GRU(3)(inputs),
+            layers.SimpleRNN(3)(inputs),
+            layers.BatchNormalization()(inputs[:, 0]),
+        ],
+    )
     calls.clear()
     model(images((2, 5, 2)), training=True)
     assert sorted(calls) == ["batch_norm", "gru", "lstm", "rnn_tanh"]
@@ -179,18 +212,21 @@ def test_fused_kernels_are_taken_on_cpu(monkeypatch):
 
 def test_no_layout_copy_before_conv_and_pool():
     transpose = importlib.import_module(
-        "keras.src.backend.torch.nn")._transpose_spatial_inputs
+        "keras.src.backend.torch.nn"
+    )._transpose_spatial_inputs
     nhwc = torch.zeros((2, 5, 5, 3))
     nchw = transpose(nhwc)
     assert nchw.shape == (2, 3, 5, 5)
     assert nchw.data_ptr() == nhwc.data_ptr()  # a view, not a copy
     speedups.uninstall()
     copied = importlib.import_module(
-        "keras.src.backend.torch.nn")._transpose_spatial_inputs(nhwc)
+        "keras.src.backend.torch.nn"
+    )._transpose_spatial_inputs(nhwc)
     assert copied.data_ptr() != nhwc.data_ptr()
 
 
 def test_switch_version_gate_and_uninstall(monkeypatch):
+    speedups.install()
     assert speedups.installed() and speedups.available() is None
     assert speedups.install() is None  # idempotent: installed once
     speedups.uninstall()
@@ -202,14 +238,19 @@ def test_switch_version_gate_and_uninstall(monkeypatch):
     monkeypatch.setattr(keras, "__version__", "3.99.0")
     assert "not a version they were tested with" in speedups.install()
     assert not speedups.installed()
+    monkeypatch.undo()
+    monkeypatch.setattr(torch, "__version__", "2.99.0+cpu")
+    assert "torch 2.99.0+cpu is not a version" in speedups.install()
+    assert not speedups.installed()
 
 
-def test_common_training_installs_them():
+def test_the_runner_installs_them_and_says_so(capsys):
+    from common import experiment
+
     speedups.uninstall()
-    import common.training
-
-    importlib.reload(common.training)
+    assert experiment.install_speedups() == "installed"
     assert speedups.installed()
+    assert f"{speedups.SWITCH}=0 turns them off" in capsys.readouterr().out
 
 
 def test_fit_save_and_reload_with_the_fixes(tmp_path):
@@ -228,8 +269,9 @@ def test_fit_save_and_reload_with_the_fixes(tmp_path):
     assert history.history["loss"][-1] < history.history["loss"][0]
     model.save(tmp_path / "model.keras")
     reloaded = load_model(tmp_path / "model.keras")
-    np.testing.assert_allclose(reloaded.predict(data, verbose=0),
-                               model.predict(data, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        reloaded.predict(data, verbose=0), model.predict(data, verbose=0), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("cell", [layers.SimpleRNN, layers.LSTM, layers.GRU])
@@ -257,8 +299,12 @@ def test_mixed_precision_keeps_keras_paths():
         x = layers.BatchNormalization()(layers.Conv2D(3, 3)(inputs))
         x = layers.LSTM(4)(layers.Reshape((6, 18))(x))
         model = keras.Model(inputs, layers.Dense(2, dtype="float32")(x))
-        outputs = fixed_then_original(model, lambda: keras.ops.convert_to_numpy(
-            model(images((3, 8, 8, 2)), training=True)))
+        outputs = fixed_then_original(
+            model,
+            lambda: keras.ops.convert_to_numpy(
+                model(images((3, 8, 8, 2)), training=True)
+            ),
+        )
     finally:
         keras.config.set_dtype_policy("float32")
     np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-2)
@@ -271,9 +317,9 @@ def test_jit_compile_fit_runs_with_the_fixes_installed():
     keras.utils.set_random_seed(7)
     data = images((96, 8, 8, 1))
     labels = np.arange(96) % 10
-    normalization = layers.Normalization()
-    normalization.adapt(data)
-    model = build_baseline((8, 8, 1), 10, normalization, width=4)
+    inputs = keras.Input((8, 8, 1))
+    outputs = build_baseline(inputs, 10, width=4, dropout=0.3, activation="relu")
+    model = keras.Model(inputs, outputs)
     model.compile("adam", "sparse_categorical_crossentropy", jit_compile=True)
     history = model.fit(data, labels, epochs=2, batch_size=32, verbose=0)
     assert speedups.installed()

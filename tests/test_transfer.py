@@ -13,9 +13,11 @@ from common.runs import seed_everything
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No cached ImageNet file and no network."""
-    monkeypatch.setattr(transfer, "imagenet_cache_paths",
-                        lambda: [tmp_path / "keras-home" / "models" /
-                                 transfer.IMAGENET_FILE])
+    monkeypatch.setattr(
+        transfer,
+        "imagenet_cache_paths",
+        lambda: [tmp_path / "keras-home" / "models" / transfer.IMAGENET_FILE],
+    )
     monkeypatch.setattr(transfer, "_imagenet_reachable", lambda timeout=3.0: False)
 
 
@@ -27,8 +29,10 @@ def digits_model():
 
 
 def weights_of(layer):
-    return {variable.path: keras.ops.convert_to_numpy(variable).copy()
-            for variable in layer.weights}
+    return {
+        variable.path: keras.ops.convert_to_numpy(variable).copy()
+        for variable in layer.weights
+    }
 
 
 # ------------------------------------------------------------ resolve_weights
@@ -94,14 +98,22 @@ def test_paths_missing_not_hdf5_and_valid(tmp_path):
 def test_model_structure_and_preprocessing(digits_model):
     model, base, _ = digits_model
     names = [layer.name for layer in model.layers]
-    assert names[:6] == ["images", "resize_to_min_size", "grayscale_to_rgb",
-                         "to_0_255", "resnet_v2_preprocess", "resnet50v2"]
+    assert names[:6] == [
+        "images",
+        "resize_to_min_size",
+        "grayscale_to_rgb",
+        "to_0_255",
+        "resnet_v2_preprocess",
+        "resnet50v2",
+    ]
     assert names[-3:] == ["pooling", "head_dropout", "predictions"]
     assert tuple(base.input.shape[1:]) == (32, 32, 3)
     assert model.output.shape[-1] == 10
     assert not base.trainable
     assert [v.path for v in model.trainable_weights] == [
-        "predictions/kernel", "predictions/bias"]
+        "predictions/kernel",
+        "predictions/bias",
+    ]
     prefix = keras.Model(model.input, model.get_layer("resnet_v2_preprocess").output)
     images = np.stack([np.zeros((8, 8, 1)), np.ones((8, 8, 1))]).astype("float32")
     scaled = keras.ops.convert_to_numpy(prefix(images))
@@ -112,8 +124,9 @@ def test_model_structure_and_preprocessing(digits_model):
 
 
 def test_rgb_input_at_min_size_has_no_resize_or_channel_layers():
-    model, base, _ = transfer.build_transfer_model((32, 40, 3), 4, weights="none",
-                                                   name="rgb")
+    model, base, _ = transfer.build_transfer_model(
+        (32, 40, 3), 4, weights="none", name="rgb"
+    )
     names = [layer.name for layer in model.layers]
     assert "resize_to_min_size" not in names and "grayscale_to_rgb" not in names
     assert tuple(base.input.shape[1:]) == (32, 40, 3) and model.name == "rgb"
@@ -132,29 +145,38 @@ def test_parameter_table_adds_up(digits_model):
 # --------------------------------------------------------------- unfreezing
 def test_unfreeze_layers_blocks_and_batchnorm_stays_frozen():
     _, base, _ = transfer.build_transfer_model((32, 32, 3), 3, weights="none")
-    batchnorms = [layer for layer in base.layers
-                  if isinstance(layer, keras.layers.BatchNormalization)]
+    batchnorms = [
+        layer
+        for layer in base.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     names = transfer.unfreeze_top(base, 3, "layers")
-    assert names == ["conv5_block3_1_conv", "conv5_block3_2_conv",
-                     "conv5_block3_3_conv"]
-    trainable = {layer.name for layer in base.layers
-                 if layer.trainable and layer.weights}
+    assert names == [
+        "conv5_block3_1_conv",
+        "conv5_block3_2_conv",
+        "conv5_block3_3_conv",
+    ]
+    trainable = {
+        layer.name for layer in base.layers if layer.trainable and layer.weights
+    }
     assert trainable == set(names)
     assert not any(layer.trainable for layer in batchnorms)
 
     names = transfer.unfreeze_top(base, 2, "blocks")
     assert {name.split("_")[0] + "_" + name.split("_")[1] for name in names} == {
-        "conv5_block2", "conv5_block3"}
+        "conv5_block2",
+        "conv5_block3",
+    }
     assert len(names) == 6
     assert not any(layer.trainable for layer in batchnorms)
-    assert {layer.name for layer in base.layers
-            if layer.trainable and layer.weights} == set(names)
+    assert {
+        layer.name for layer in base.layers if layer.trainable and layer.weights
+    } == set(names)
     assert transfer.unfreeze_top(base, 0) == [] and not base.trainable_weights
 
     assert len(transfer.residual_blocks(base)) == 16
     assert len(transfer.weighted_layers(base)) == 53
-    for count, unit in ((17, "blocks"), (54, "layers"), (-1, "layers"),
-                        (1, "stages")):
+    for count, unit in ((17, "blocks"), (54, "layers"), (-1, "layers"), (1, "stages")):
         with pytest.raises(ValueError):
             transfer.unfreeze_top(base, count, unit)
 
@@ -164,7 +186,8 @@ def test_backbone_weights_file_loads_into_another_model(digits_model, tmp_path):
     _, base, _ = digits_model
     rng = np.random.default_rng(1)
     base.get_layer("conv1_conv").kernel.assign(
-        rng.normal(size=base.get_layer("conv1_conv").kernel.shape).astype("float32"))
+        rng.normal(size=base.get_layer("conv1_conv").kernel.shape).astype("float32")
+    )
     path = tmp_path / "base.weights.h5"
     base.save_weights(path)
     # different input size, channels and classes: the backbone is the same
@@ -193,4 +216,6 @@ def test_saved_model_reloads_in_safe_mode(digits_model, tmp_path):
     images = np.random.default_rng(0).random((3, 8, 8, 1)).astype("float32")
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(reloaded(images, training=False)),
-        keras.ops.convert_to_numpy(model(images, training=False)), atol=1e-6)
+        keras.ops.convert_to_numpy(model(images, training=False)),
+        atol=1e-6,
+    )
