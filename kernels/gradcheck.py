@@ -28,6 +28,28 @@ class GradientCheckError(AssertionError):
     """The hand-written (backprop) gradient disagrees with finite differences."""
 
 
+def float64_precision(function):
+    """Run ``function`` with float64 arrays kept as float64.
+
+    Finite differences need float64: with float32, ``epsilon = 1e-3`` leaves about
+    three significant digits. torch and TensorFlow keep a float64 input as it is;
+    JAX turns it into float32 unless 64-bit mode is on, so on JAX the check runs
+    inside ``jax.enable_x64(True)`` (and only the check).
+    """
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        if keras.backend.backend() != "jax":
+            return function(*args, **kwargs)
+        import jax
+
+        with jax.enable_x64(True):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
 def _as_list(outputs):
     return list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
 
@@ -41,6 +63,7 @@ def _weighted_sum(outputs, upstreams):
     return total
 
 
+@float64_precision
 def backprop_gradients(function, inputs, upstreams):
     """Gradients of ``sum(function(*inputs) * upstreams)`` by the backend's autodiff.
 
@@ -84,6 +107,7 @@ def backprop_gradients(function, inputs, upstreams):
     ]
 
 
+@float64_precision
 def numerical_gradients(function, inputs, upstreams, epsilon=1e-3):
     """Central-difference gradients of ``sum(function(*inputs) * upstreams)``."""
 
@@ -140,6 +164,7 @@ def compare_with_reference(function, reference, inputs, seed=0):
     return output_errors, gradient_errors
 
 
+@float64_precision
 def check_gradients(
     function, inputs, epsilon=1e-3, atol=1e-4, rtol=1e-3, seed=0, dtype="float64"
 ):

@@ -51,7 +51,9 @@ def test_check_gradients_passes_a_correct_op_with_two_outputs():
 
     rng = np.random.default_rng(0)
     errors = check_gradients(two_outputs, [rng.normal(size=(2, 3)), rng.normal()])
-    assert len(errors) == 2 and max(errors) < 1e-6
+    # central differences with epsilon 1e-3 in float64: 1e-7 on torch and TF, 1e-5
+    # on JAX (its sin differs in the last bits); a wrong gradient is off by O(1)
+    assert len(errors) == 2 and max(errors) < 5e-5
 
 
 def test_check_gradients_catches_a_wrong_hand_written_gradient():
