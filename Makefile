@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all browser lint report
+.PHONY: setup run test test-backends test-all browser lint report
 
 setup: $(STAMP)
 
@@ -31,8 +31,12 @@ test: setup browser
 	if [ $$status -eq 5 ]; then echo "error: no tests collected (broken setup)"; exit 1; fi; \
 	exit $$status
 
+# Every lab and kernel on TensorFlow and JAX, in subprocesses (CI runs it too).
+test-backends: setup
+	$(PY) -m pytest -m backends
+
 test-all: setup browser
-	$(PY) -m pytest -m "slow or not slow"
+	$(PY) -m pytest -m "slow or not slow or backends"
 
 lint: setup
 	$(PY) -m ruff format --check .

@@ -54,3 +54,12 @@ def run_lab():
 
 # Decoded image folders are cached (common.data); keep the tests' caches apart.
 os.environ["WORKBOOK_CACHE"] = tempfile.mkdtemp(prefix="workbook-cache-")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that runs a lab on another backend (the ``run_lab`` fixture, or a
+    name that says so) belongs to the backend matrix: ``make test-backends``."""
+    for item in items:
+        named = "backend" in item.name and "active_backend" not in item.name
+        if "run_lab" in getattr(item, "fixturenames", ()) or named:
+            item.add_marker(pytest.mark.backends)
