@@ -33,8 +33,10 @@ default one per architecture; ``variants=`` changes that), each into a complete
 sub-run directory, then writes comparison.md/.json, plots/comparison.png, a
 combined history and plots/learning_curves.png, metrics.json (the best variant's
 figures, plus ``<variant>_<key>`` for every variant's) and the best model.
-``--resume`` continues an interrupted run, or the unfinished variants of an
-interrupted comparison.
+A lab's ``conclude(results, run, args)`` may add sections to the comparison's
+report.md and return extra flat figures for its metrics.json (lab 9 writes its
+"what this shows" paragraph there). ``--resume`` continues an interrupted run, or
+the unfinished variants of an interrupted comparison.
 """
 
 import argparse
@@ -80,6 +82,7 @@ class Lab:
     fit_kwargs: Callable = None
     variants: Callable = None
     summary: Callable = None
+    conclude: Callable = None
     title: Callable = None
     quick_sizes: dict = field(
         default_factory=lambda: {"train": 256, "val": 64, "test": 128}
@@ -553,6 +556,8 @@ def write_comparison(lab, args, parent, variants, results, interrupted=False):
         for figure, value in result.items():
             if _flat(value):
                 metrics[f"{name}_{figure}"] = value
+    if lab.conclude and not interrupted:  # the lab's reading of the comparison
+        metrics.update(lab.conclude(results, parent, args) or {})
     parent.write_metrics(metrics)
     parent.add_section("Comparison (test set)", table)
     parent.add_section(
