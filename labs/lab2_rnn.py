@@ -1,7 +1,7 @@
 """Lab 2: recurrent networks, SimpleRNN vs LSTM vs GRU.
 
-    python -m labs.lab2_rnn --arch 3                  # headline: Seattle weather
-    python -m labs.lab2_rnn --arch 3 --cell gru       # the same network, GRU cells
+    python -m labs.lab2_rnn --arch 3                  # headline: LSTM, Seattle weather
+    python -m labs.lab2_rnn --arch 3 --cell simple    # the same network, SimpleRNN
     python -m labs.lab2_rnn --dataset adding --compare  # gated cells vs SimpleRNN
     python -m labs.lab2_rnn --dataset digits          # 8x8 digits read row by row
     python -m labs.lab2_rnn --dataset imdb_reviews    # sentiment (tfds)
@@ -30,7 +30,9 @@ Architectures (the course's numbering; ``--cell`` swaps the recurrent layer):
 - ``--arch 3``: recurrent(32, tanh) -> recurrent(32, relu) -> Dense(32, relu) ->
   output; Adam. The relu is the course's, for SimpleRNN; LSTM and GRU keep tanh.
 
-``--compare`` compares the three cells for the chosen arch. No masking: a mask
+The default cell is LSTM: on the weather series the course's SimpleRNN only ties
+with persistence (README), the gated cells beat it. ``--compare`` trains all
+three cells for the chosen arch. No masking: a mask
 sends Keras's LSTM/GRU on torch to a Python time loop, so text is pre-padded.
 One torch thread by default (``--threads``): a recurrent step is a tiny matrix
 product where a second thread costs more than it saves (bench/rnn_speed.py).
@@ -355,7 +357,7 @@ def add_arguments(parser):
         "--cell",
         choices=list(CELLS),
         default=None,
-        help="recurrent layer: SimpleRNN (default), LSTM or GRU",
+        help="recurrent layer: SimpleRNN, LSTM (default) or GRU",
     )
     parser.add_argument(
         "--seq-len",
@@ -397,7 +399,7 @@ def check_arguments(args, parser):
         )
     if args.compare and args.cell is not None:
         parser.error("--compare trains all three cells; leave out --cell")
-    args.cell = args.cell or "simple"
+    args.cell = args.cell or "lstm"
     if args.dataset == "digits" and args.seq_len not in (None, 8):
         parser.error(
             "--dataset digits is always read as 8 rows of 8 pixels; leave out --seq-len"
