@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from common.cli import WorkbookError, first_line
@@ -36,8 +37,9 @@ class Splits:
 
     Every lab's loader returns one. ``x_*``/``y_*`` are numpy arrays (``y`` may be
     None, ``x`` may be a dict of arrays); a lab whose data does not fit in memory
-    sets ``train`` / ``validation`` to streaming sources (a ``keras.utils.PyDataset``
-    or a ``tf.data.Dataset``), which ``fit`` then uses instead of the arrays.
+    sets ``train`` / ``validation`` / ``test`` to streaming sources (a
+    ``keras.utils.PyDataset`` or a ``tf.data.Dataset``), which ``fit`` and
+    :meth:`test_batches` then use instead of the arrays.
     ``notes`` holds baselines and facts for config.json's data summary.
     """
 
@@ -55,6 +57,7 @@ class Splits:
     notes: dict = field(default_factory=dict)
     train: object = None
     validation: object = None
+    test: object = None
 
     @property
     def num_classes(self):
@@ -69,6 +72,17 @@ class Splits:
             f"num_{part}": _length(getattr(self, f"x_{part}"))
             for part in ("train", "val", "test")
         }
+
+    def test_batches(self, batch_size):
+        """The test split as numpy (x, y) batches: the ``test`` stream when there is
+        one (a ``keras.utils.PyDataset`` or a ``tf.data.Dataset``), else the arrays."""
+        if self.test is None:
+            x, y, step = self.x_test, self.y_test, batch_size
+            starts = range(0, _length(x), step)
+            return ((_index(x, slice(i, i + step)), y[i : i + step]) for i in starts)
+        if hasattr(self.test, "as_numpy_iterator"):
+            return self.test.as_numpy_iterator()
+        return (self.test[index] for index in range(len(self.test)))
 
     def take(self, sizes, seed):
         """A seeded subsample of each array split (``--quick``): {"train": n, ...}."""
@@ -340,6 +354,124 @@ def scan_image_folder(path):
             "sub-folders). Put each class's images in its own sub-folder."
         )
     return files, np.asarray(labels, dtype="int64"), class_names
+
+
+def stream_tfds_images(name, parts, batch_size, image_size, seed, sizes):
+    """A tfds image set streamed with tf.data (decoded, resized to ``image_size``
+    square, scaled to [0, 1], batched, prefetched), for sets too large to hold.
+
+    ``parts`` maps "train", "val", "test" to tfds split strings (e.g.
+    "train[:80%]"); ``sizes`` caps each ({"train": n or None, ...}).
+    """
+    import tensorflow as tf
+
+    streams, notes = {}, {"image_shape": [image_size, image_size, 3]}
+
+    def resize(image, label):
+        return tf.image.resize(image, (image_size, image_size)) / 255.0, label
+
+    for part, split in parts.items():
+        dataset, info = load_tfds(name, split, with_info=True)
+        if sizes.get(part):
+            dataset = dataset.take(sizes[part])
+        count = int(dataset.cardinality())  # negative: unknown (a mocked dataset)
+        notes[f"num_{part}"] = count if count >= 0 else None
+        if part == "train":
+            dataset = dataset.shuffle(1024, seed=seed)
+        dataset = dataset.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
+        streams[part] = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return Splits(
+        name,
+        f"tensorflow-datasets {name} (streamed with tf.data; {', '.join(parts)} "
+        f"= {', '.join(parts.values())})",
+        class_names=list(info.features["label"].names),
+        notes=notes,
+        train=streams["train"],
+        validation=streams["val"],
+        test=streams["test"],
+    )
+
+
+class ImageFolderStream(keras.utils.PyDataset):
+    """Batches of (images in [0, 1], labels) read with Pillow as they are needed,
+    so that a large folder is never loaded whole; unreadable files are skipped,
+    and their indices kept in ``skipped``."""
+
+    def __init__(self, files, labels, batch_size, image_size, shuffle, seed):
+        super().__init__()
+        self.files, self.labels, self.batch_size = files, labels, batch_size
+        self.image_size, self.shuffle = image_size, shuffle
+        self.rng = np.random.default_rng(seed)
+        self.order, self.skipped = np.arange(len(files)), set()
+        self.on_epoch_end()
+
+    def __len__(self):
+        return -(-len(self.files) // self.batch_size)
+
+    def read(self, index):
+        image = _decode(self.files[index])
+        if image is None:
+            if index not in self.skipped:
+                print(f"warning: skipped unreadable image {self.files[index]}")
+            self.skipped.add(index)
+            return None
+        image = image.convert("RGB").resize((self.image_size,) * 2)
+        return np.asarray(image, dtype="float32") / 255.0
+
+    def __getitem__(self, batch):
+        picks = self.order[batch * self.batch_size : (batch + 1) * self.batch_size]
+        kept = [(self.read(i), self.labels[i]) for i in picks]
+        kept = [(image, label) for image, label in kept if image is not None]
+        if not kept:
+            raise WorkbookError(
+                f"a whole batch of {len(picks)} image files could not be read (e.g. "
+                f"{self.files[picks[0]]}). Check that the folder's images open in an "
+                "image viewer, or remove the broken files."
+            )
+        images, labels = zip(*kept)
+        return np.stack(images), np.asarray(labels, dtype="int64")
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self.rng.shuffle(self.order)
+
+
+def stream_image_folder(path, batch_size, image_size, seed, sizes):
+    """``folder:PATH`` streamed: class sub-folders split 72/8/20 (train/val/test)
+    by file, each split a :class:`ImageFolderStream`; ``sizes`` caps each split
+    ({"train": n or None, ...})."""
+    files, labels, class_names = scan_image_folder(path)
+    check_classes(path, labels, class_names)
+    if len(files) < 10:
+        raise WorkbookError(
+            f"{path} holds only {len(files)} images; train, validation and test "
+            "splits need at least 10."
+        )
+    train, test, _, _ = _split(np.arange(len(files)), labels, 0.2, seed)
+    train, val, _, _ = _split(train, labels[train], 0.1, seed)
+    rng, streams = np.random.default_rng(seed), {}
+    notes = {"image_shape": [image_size, image_size, 3]}
+    for part, chosen in {"train": train, "val": val, "test": test}.items():
+        if sizes.get(part) and len(chosen) > sizes[part]:
+            chosen = rng.choice(chosen, size=sizes[part], replace=False)
+        chosen, notes[f"num_{part}"] = np.sort(chosen), len(chosen)
+        streams[part] = ImageFolderStream(
+            [files[i] for i in chosen],
+            labels[chosen],
+            batch_size,
+            image_size,
+            shuffle=part == "train",
+            seed=seed,
+        )
+    return Splits(
+        f"folder:{path}",
+        f"image folder {path} (streamed with a Keras PyDataset and Pillow)",
+        class_names=class_names,
+        notes=notes,
+        train=streams["train"],
+        validation=streams["val"],
+        test=streams["test"],
+    )
 
 
 def _cache_path(files, mode_key):

@@ -20,9 +20,12 @@ assign it when there is none. :func:`stateless_step` is the other half: JAX's
 ``fit`` calls ``train_step(state, data)`` as one pure, compiled function (the
 keras-io guide "Customizing what happens in fit() with JAX"); it runs a
 stateful step written as for PyTorch inside a scope built from ``state`` and
-returns the new state. A second optimizer's variables must be part of the
-model's state for that (see labs/lab3_gan.py).
+returns the new state, and :func:`stateless_on_jax` decorates a model's
+``train_step``/``test_step`` with it. Every variable the step changes must be
+part of that state: a second optimizer's too (see labs/lab3_gan.py).
 """
+
+import functools
 
 import keras
 
@@ -160,3 +163,18 @@ def stateless_step(model, step, state, data):
         for variables in groups
     )
     return logs, new_state
+
+
+def stateless_on_jax(step):
+    """Decorate a model's ``train_step(self, data)`` or ``test_step(self, data)``
+    written statefully (as for PyTorch): on JAX, whose ``fit`` calls
+    ``step(state, data)``, it runs through :func:`stateless_step`."""
+
+    @functools.wraps(step)
+    def backend_step(model, *state_and_data):
+        if keras.backend.backend() != "jax":
+            return step(model, *state_and_data)
+        state, data = state_and_data
+        return stateless_step(model, lambda batch: step(model, batch), state, data)
+
+    return backend_step
