@@ -211,6 +211,7 @@ def variant_learning_curves(histories, path, title, monitor="val_loss"):
                 label=f"{name} (training)",
             )
     for axis, key in zip(axes[0], keys):
+        axis.xaxis.get_major_locator().set_params(integer=True)
         axis.set_xlabel("epoch")
         axis.set_ylabel(key.replace("_", " "))
         axis.set_title(key.replace("_", " ") + " per epoch")

@@ -104,11 +104,16 @@ def fit(
         if status == "interrupted":
             run.save_model(model)
             run.write_report(f"{run.lab} (interrupted)", result)
+            again = (
+                f"Continue it with --resume {run.path}."
+                if checkpoint
+                else "This lab keeps no checkpoint (several fits): run the command "
+                "again to train from the start."
+            )
             raise RunInterrupted(
                 f"training was interrupted after {len(recorder.rows)} epoch(s). "
                 f"History, learning curves, metrics.json (status interrupted) and "
-                f"the best model so far are in {run.path}. Continue it with "
-                f"--resume {run.path}."
+                f"the best model so far are in {run.path}. {again}"
             )
         run.write_report(f"{run.lab} (diverged)", result)
         raise WorkbookError(
