@@ -200,12 +200,12 @@ def load_tfds(name, split, **kwargs):
             f"tensorflow-datasets is not installed, so {name!r} cannot be loaded. "
             "Install the workbook's environment (make setup) or use --dataset digits."
         ) from error
-    options = dict(
-        split=split,
-        data_dir=os.environ.get("TFDS_DATA_DIR"),
-        as_supervised=True,
-        **kwargs,
-    )
+    options = {
+        "split": split,
+        "data_dir": os.environ.get("TFDS_DATA_DIR"),
+        "as_supervised": True,
+        **kwargs,  # a lab may ask for whole feature dicts (as_supervised=False)
+    }
     try:
         return tfds.load(name, download=False, **options)
     except Exception as error:  # not prepared here (or a broken copy)
