@@ -51,53 +51,142 @@ from pathlib import Path
 # is compared with the run's --arch, --mode and --cell. lab5_text, lab6_unet and
 # lab7_autoencoder are not in the workbook yet: their module names are provisional.
 RUBRIC = [
-    {"id": "mnist-mlp", "title": "MNIST MLP", "lab": "lab1_cnn",
-     "arch": ["mlp"], "dataset": ["mnist"],
-     "metric": "test_accuracy", "op": ">=", "threshold": 0.98},
-    {"id": "mnist-cnn", "title": "MNIST CNN", "lab": "lab1_cnn",
-     "arch": ["baseline", "vgg", "resnet"], "dataset": ["mnist"],
-     "metric": "test_accuracy", "op": ">=", "threshold": 0.993},
-    {"id": "cifar10-cnn", "title": "CIFAR-10 CNN", "lab": "lab1_cnn",
-     "arch": ["baseline", "vgg"], "dataset": ["cifar10"],
-     "metric": "test_accuracy", "op": ">=", "threshold": 0.88},
-    {"id": "cifar10-skip", "title": "skip-connection CNN, CIFAR-10", "lab": "lab1_cnn",
-     "arch": ["resnet"], "dataset": ["cifar10"],
-     "metric": "test_accuracy", "op": ">=", "threshold": 0.80},
-    {"id": "resnet50v2-transfer", "title": "ResNet50V2 transfer",
-     "lab": "lab4_finetune", "arch": ["head", "finetune"],
-     "dataset": ["tf_flowers", "folder:*"],
-     "metric": "test_accuracy", "op": ">=", "threshold": 0.93},
-    {"id": "lab1-transfer", "title": "ResNet50V2 transfer (lab 1)", "lab": "lab1_cnn",
-     "arch": ["transfer"], "dataset": ["tf_flowers", "folder:*"],
-     "metric": "test_accuracy", "op": ">=", "threshold": 0.93},
-    {"id": "autoencoder-rf", "title": "autoencoder + random forest",
-     "lab": "lab7_autoencoder", "dataset": ["mnist", "fashion_mnist"],
-     "metric": "test_accuracy", "op": ">=", "threshold": 0.90},
-    {"id": "textcnn-imdb", "title": "TextCNN, IMDB", "lab": "lab5_text",
-     "arch": ["textcnn"], "dataset": ["imdb_reviews"],
-     "metric": "test_accuracy", "op": ">=", "threshold": 0.87},
-    {"id": "imdb-embedding-mlp", "title": "IMDB embeddings + MLP", "lab": "lab5_text",
-     "arch": ["embedding*", "mlp"], "dataset": ["imdb_reviews"],
-     "metric": "test_accuracy", "op": ">=", "threshold": 0.86},
-    {"id": "unet-pixel", "title": "UNet segmentation", "lab": "lab6_unet",
-     "arch": ["unet"], "dataset": ["oxford_iiit_pet"],
-     "metric": "pixel_accuracy", "op": ">=", "threshold": 0.88},
+    {
+        "id": "mnist-mlp",
+        "title": "MNIST MLP",
+        "lab": "lab1_cnn",
+        "arch": ["mlp"],
+        "dataset": ["mnist"],
+        "metric": "test_accuracy",
+        "op": ">=",
+        "threshold": 0.98,
+    },
+    {
+        "id": "mnist-cnn",
+        "title": "MNIST CNN",
+        "lab": "lab1_cnn",
+        "arch": ["baseline", "vgg", "resnet"],
+        "dataset": ["mnist"],
+        "metric": "test_accuracy",
+        "op": ">=",
+        "threshold": 0.993,
+    },
+    {
+        "id": "cifar10-cnn",
+        "title": "CIFAR-10 CNN",
+        "lab": "lab1_cnn",
+        "arch": ["baseline", "vgg"],
+        "dataset": ["cifar10"],
+        "metric": "test_accuracy",
+        "op": ">=",
+        "threshold": 0.88,
+    },
+    {
+        "id": "cifar10-skip",
+        "title": "skip-connection CNN, CIFAR-10",
+        "lab": "lab1_cnn",
+        "arch": ["resnet"],
+        "dataset": ["cifar10"],
+        "metric": "test_accuracy",
+        "op": ">=",
+        "threshold": 0.80,
+    },
+    {
+        "id": "resnet50v2-transfer",
+        "title": "ResNet50V2 transfer",
+        "lab": "lab4_finetune",
+        "arch": ["head", "finetune"],
+        "dataset": ["tf_flowers", "folder:*"],
+        "metric": "test_accuracy",
+        "op": ">=",
+        "threshold": 0.93,
+    },
+    {
+        "id": "lab1-transfer",
+        "title": "ResNet50V2 transfer (lab 1)",
+        "lab": "lab1_cnn",
+        "arch": ["transfer"],
+        "dataset": ["tf_flowers", "folder:*"],
+        "metric": "test_accuracy",
+        "op": ">=",
+        "threshold": 0.93,
+    },
+    {
+        "id": "autoencoder-rf",
+        "title": "autoencoder + random forest",
+        "lab": "lab7_autoencoder",
+        "dataset": ["mnist", "fashion_mnist"],
+        "metric": "test_accuracy",
+        "op": ">=",
+        "threshold": 0.90,
+    },
+    {
+        "id": "textcnn-imdb",
+        "title": "TextCNN, IMDB",
+        "lab": "lab5_text",
+        "arch": ["textcnn"],
+        "dataset": ["imdb_reviews"],
+        "metric": "test_accuracy",
+        "op": ">=",
+        "threshold": 0.87,
+    },
+    {
+        "id": "imdb-embedding-mlp",
+        "title": "IMDB embeddings + MLP",
+        "lab": "lab5_text",
+        "arch": ["embedding*", "mlp"],
+        "dataset": ["imdb_reviews"],
+        "metric": "test_accuracy",
+        "op": ">=",
+        "threshold": 0.86,
+    },
+    {
+        "id": "unet-pixel",
+        "title": "UNet segmentation",
+        "lab": "lab6_unet",
+        "arch": ["unet"],
+        "dataset": ["oxford_iiit_pet"],
+        "metric": "pixel_accuracy",
+        "op": ">=",
+        "threshold": 0.88,
+    },
 ]
 
 EMBEDDED_DATASETS = {"digits", "adding", "ring", "seasonal", "generated"}
 EMBEDDED_LABEL = "embedded data — not graded against full-dataset bar"
 QUICK_LABEL = "--quick smoke run on a tiny subset — not graded"
 STATUSES = ("completed", "early_stopped", "interrupted", "diverged")
-BOOKKEEPING = ("status", "best_epoch", "stopped_epoch", "epochs_run", "train_seconds",
-               "params")
+BOOKKEEPING = (
+    "status",
+    "best_epoch",
+    "stopped_epoch",
+    "epochs_run",
+    "train_seconds",
+    "params",
+)
 # The metrics shown as table columns, in this order, when any run has them.
-KEY_METRICS = ("test_accuracy", "pixel_accuracy", "macro_f1", "test_loss", "mse",
-               "test_mse", "fid", "frechet_distance", "modes_covered",
-               "high_quality_share", "inference_ms_per_image")
+KEY_METRICS = (
+    "test_accuracy",
+    "pixel_accuracy",
+    "macro_f1",
+    "test_loss",
+    "mse",
+    "test_mse",
+    "fid",
+    "frechet_distance",
+    "modes_covered",
+    "high_quality_share",
+    "inference_ms_per_image",
+)
 MAX_METRIC_COLUMNS = 5
 EMBED_LIMIT_BYTES = 5 * 1024 * 1024
-IMAGE_TYPES = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg",
-               ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".svg": "image/svg+xml",
+}
 
 
 class ReportError(Exception):
@@ -189,8 +278,9 @@ def _plot_files(path):
     folder = path / "plots"
     if not folder.is_dir():
         return []
-    files = [p for p in folder.iterdir()
-             if p.suffix.lower() in IMAGE_TYPES and p.is_file()]
+    files = [
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_TYPES and p.is_file()
+    ]
     first = {"learning_curves": 0, "confusion_matrix": 1}
     return sorted(files, key=lambda p: (first.get(p.stem, 2), p.name))
 
@@ -206,8 +296,10 @@ def load_run(path, root):
     if metrics is None:
         if error == "missing":
             status = "incomplete"
-            problems.append("no metrics.json: the run did not finish (interrupted, "
-                            "crashed or still running)")
+            problems.append(
+                "no metrics.json: the run did not finish (interrupted, "
+                "crashed or still running)"
+            )
         else:
             status = "unknown"
             problems.append(f"metrics.json is {error}")
@@ -224,10 +316,18 @@ def load_run(path, root):
     except OSError:
         pass
     return RunRecord(
-        path=path, name=name, config=config, metrics=metrics, status=status,
-        lab=lab, variant=" · ".join(variant_of(config)) or "—", dataset=dataset,
-        history_rows=_count_history(path), plots=_plot_files(path),
-        report_md=report_md, problems=problems,
+        path=path,
+        name=name,
+        config=config,
+        metrics=metrics,
+        status=status,
+        lab=lab,
+        variant=" · ".join(variant_of(config)) or "—",
+        dataset=dataset,
+        history_rows=_count_history(path),
+        plots=_plot_files(path),
+        report_md=report_md,
+        problems=problems,
     )
 
 
@@ -284,16 +384,24 @@ def grade_run(run, rules):
         return Grade("n/a", "no rubric bar for this lab, architecture and dataset")
     value = _number(run.metrics.get(rule["metric"]))
     if value is None or math.isnan(value):
-        return Grade("fail", f"{rule['title']}: needs {_bar(rule)}, but metrics.json "
-                             f"has no {rule['metric']} (status {run.status})", rule)
+        return Grade(
+            "fail",
+            f"{rule['title']}: needs {_bar(rule)}, but metrics.json "
+            f"has no {rule['metric']} (status {run.status})",
+            rule,
+        )
     if rule.get("op", ">=") == "<=":
         passed = value <= rule["threshold"]
     else:
         passed = value >= rule["threshold"]
     verdict = "meets" if passed else "misses"
-    return Grade("pass" if passed else "fail",
-                 f"{rule['title']}: {rule['metric']} {value:.4g} {verdict} the bar "
-                 f"{rule.get('op', '>=')} {rule['threshold']:g}", rule, value)
+    return Grade(
+        "pass" if passed else "fail",
+        f"{rule['title']}: {rule['metric']} {value:.4g} {verdict} the bar "
+        f"{rule.get('op', '>=')} {rule['threshold']:g}",
+        rule,
+        value,
+    )
 
 
 def load_rubric(path):
@@ -310,15 +418,21 @@ def load_rubric(path):
         ) from error
     rules = data.get("rules") if isinstance(data, dict) else data
     if not isinstance(rules, list):
-        raise ReportError(f"the rubric {path} must hold a list of rules (or "
-                          '{"rules": [...]}); leave out --rubric for the built-in one.')
+        raise ReportError(
+            f"the rubric {path} must hold a list of rules (or "
+            '{"rules": [...]}); leave out --rubric for the built-in one.'
+        )
     for index, rule in enumerate(rules):
-        if (not isinstance(rule, dict) or "metric" not in rule
-                or _number(rule.get("threshold")) is None
-                or rule.get("op", ">=") not in (">=", "<=")):
+        if (
+            not isinstance(rule, dict)
+            or "metric" not in rule
+            or _number(rule.get("threshold")) is None
+            or rule.get("op", ">=") not in (">=", "<=")
+        ):
             raise ReportError(
-                f"rule {index + 1} of the rubric {path} needs a \"metric\", a numeric "
-                '"threshold" and optionally "op" (">=" or "<="); fix that rule.')
+                f'rule {index + 1} of the rubric {path} needs a "metric", a numeric '
+                '"threshold" and optionally "op" (">=" or "<="); fix that rule.'
+            )
         rule.setdefault("title", rule.get("id") or f"rule {index + 1}")
         rule.setdefault("id", f"rule-{index + 1}")
     return rules
@@ -383,8 +497,11 @@ def _key(name):
 
 def _inline_markdown(text):
     text = _esc(text)
-    text = re.sub(r"!\[([^\]]*)\]\(([^)]*)\)",
-                  r'<span class="imgref">[plot \2 — shown above]</span>', text)
+    text = re.sub(
+        r"!\[([^\]]*)\]\(([^)]*)\)",
+        r'<span class="imgref">[plot \2 — shown above]</span>',
+        text,
+    )
     text = re.sub(r"\[([^\]]+)\]\(([^)]*)\)", r"\1 (\2)", text)
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
@@ -403,8 +520,9 @@ def markdown_to_html(text):
             out.append(f"<pre>{_esc(chr(10).join(block))}</pre>")
         elif re.match(r"#{1,6} ", line):
             level = min(6, len(line) - len(line.lstrip("#")) + 3)
-            out.append(f"<h{level}>{_inline_markdown(line.lstrip('#').strip())}"
-                       f"</h{level}>")
+            out.append(
+                f"<h{level}>{_inline_markdown(line.lstrip('#').strip())}</h{level}>"
+            )
         elif line.startswith("|"):
             rows = []
             while i < len(lines) and lines[i].startswith("|"):
@@ -414,9 +532,13 @@ def markdown_to_html(text):
                 i += 1
             i -= 1
             body = "".join(
-                "<tr>" + "".join(f"<{tag}>{_inline_markdown(c)}</{tag}>" for c in row)
-                + "</tr>" for tag, row in
-                (("th" if n == 0 else "td", row) for n, row in enumerate(rows)))
+                "<tr>"
+                + "".join(f"<{tag}>{_inline_markdown(c)}</{tag}>" for c in row)
+                + "</tr>"
+                for tag, row in (
+                    ("th" if n == 0 else "td", row) for n, row in enumerate(rows)
+                )
+            )
             out.append(f'<table class="md">{body}</table>')
         elif re.match(r"\s*[-*] ", line):
             items = []
@@ -427,8 +549,11 @@ def markdown_to_html(text):
             out.append(f"<ul>{''.join(items)}</ul>")
         elif line.strip():
             block = [line]
-            while (i + 1 < len(lines) and lines[i + 1].strip()
-                   and not re.match(r"(```|#{1,6} |\||\s*[-*] )", lines[i + 1])):
+            while (
+                i + 1 < len(lines)
+                and lines[i + 1].strip()
+                and not re.match(r"(```|#{1,6} |\||\s*[-*] )", lines[i + 1])
+            ):
                 i += 1
                 block.append(lines[i])
             out.append(f"<p>{_inline_markdown(' '.join(block))}</p>")
@@ -584,8 +709,12 @@ def _grade_detail(grade):
 
 
 def metric_columns(runs):
-    present = {key for run in runs for key, value in run.metrics.items()
-               if _number(value) is not None}
+    present = {
+        key
+        for run in runs
+        for key, value in run.metrics.items()
+        if _number(value) is not None
+    }
     return [key for key in KEY_METRICS if key in present][:MAX_METRIC_COLUMNS]
 
 
@@ -596,8 +725,12 @@ def summary_rows(runs, columns, student):
         started = _started(run)
         grade = run.grade
         row = {
-            "student": student or "", "run": run.number, "lab": run.lab,
-            "arch": run.variant, "dataset": run.dataset, "status": run.status,
+            "student": student or "",
+            "run": run.number,
+            "lab": run.lab,
+            "arch": run.variant,
+            "dataset": run.dataset,
+            "status": run.status,
             "grade": grade.result,
             "rubric": grade.rule["title"] if grade.rule else "",
             "bar": _bar(grade.rule) if grade.rule else "",
@@ -605,40 +738,56 @@ def summary_rows(runs, columns, student):
         }
         for key in columns:
             row[key] = run.metrics.get(key, "")
-        row.update({
-            "params": run.metrics.get("params", ""),
-            "epochs": run.metrics.get("epochs_run", run.history_rows or ""),
-            "train_seconds": run.metrics.get("train_seconds", ""),
-            "started": started.isoformat(sep=" ") if started else "",
-            "folder": run.name,
-            "command": run.config.get("command", ""),
-        })
+        row.update(
+            {
+                "params": run.metrics.get("params", ""),
+                "epochs": run.metrics.get("epochs_run", run.history_rows or ""),
+                "train_seconds": run.metrics.get("train_seconds", ""),
+                "started": started.isoformat(sep=" ") if started else "",
+                "folder": run.name,
+                "command": run.config.get("command", ""),
+            }
+        )
         rows.append(row)
     return rows
 
 
 def _summary_table(runs, columns):
-    headers = [("run", "#", True), ("lab", "lab", False), ("arch", "arch", False),
-               ("dataset", "dataset", False), ("status", "status", False),
-               ("grade", "grade", False)]
+    headers = [
+        ("run", "#", True),
+        ("lab", "lab", False),
+        ("arch", "arch", False),
+        ("dataset", "dataset", False),
+        ("status", "status", False),
+        ("grade", "grade", False),
+    ]
     headers += [(_key(c), c.replace("_", " "), True) for c in columns]
-    headers += [("params", "params", True), ("epochs", "epochs", True),
-                ("train_seconds", "train time", True), ("started", "date", False)]
+    headers += [
+        ("params", "params", True),
+        ("epochs", "epochs", True),
+        ("train_seconds", "train time", True),
+        ("started", "date", False),
+    ]
     head = "".join(
         f'<th data-key="{k}"{" class=num" if num else ""}>{_esc(label)}</th>'
-        for k, label, num in headers)
+        for k, label, num in headers
+    )
     body = []
     for run in runs:
         grade, started = run.grade, _started(run)
         order = {"pass": 0, "fail": 1, "embedded": 2}.get(grade.result, 3)
         status = _badge(run.status.replace("_", " "), _status_css(run.status))
-        grade_html = (_badge(_grade_text(grade), _grade_css(grade.result))
-                      + f'<span class="detail">{_esc(_grade_detail(grade))}</span>')
+        grade_html = (
+            _badge(_grade_text(grade), _grade_css(grade.result))
+            + f'<span class="detail">{_esc(_grade_detail(grade))}</span>'
+        )
         cells = [
             _td(f'<a href="#run-{run.number}">{run.number}</a>', run.number, "num"),
-            _td(_esc(run.lab)), _td(_esc(run.variant)),
+            _td(_esc(run.lab)),
+            _td(_esc(run.variant)),
             _td(_esc(_short(run.dataset)), title=run.dataset),
-            _td(status, run.status), _td(grade_html, order, "grade", grade.reason),
+            _td(status, run.status),
+            _td(grade_html, order, "grade", grade.reason),
         ]
         for column in columns:
             value = _number(run.metrics.get(column))
@@ -651,14 +800,22 @@ def _summary_table(runs, columns):
             _td(_fmt_params(params), params, "num"),
             _td("" if epochs is None else str(int(epochs)), epochs, "num"),
             _td(_fmt_seconds(seconds), seconds, "num"),
-            _td(started.strftime("%Y-%m-%d %H:%M") if started else "",
-                started.isoformat() if started else ""),
+            _td(
+                started.strftime("%Y-%m-%d %H:%M") if started else "",
+                started.isoformat() if started else "",
+            ),
         ]
-        body.append(f'<tr class="run-row" data-grade="{grade.result}">'
-                    + "".join(cells) + "</tr>")
-    return (f'<div class="scroll"><table id="summary" class="grid sortable"><thead>'
-            f"<tr>{head}</tr></thead><tbody>\n" + "\n".join(body)
-            + "\n</tbody></table></div>")
+        body.append(
+            f'<tr class="run-row" data-grade="{grade.result}">'
+            + "".join(cells)
+            + "</tr>"
+        )
+    return (
+        f'<div class="scroll"><table id="summary" class="grid sortable"><thead>'
+        f"<tr>{head}</tr></thead><tbody>\n"
+        + "\n".join(body)
+        + "\n</tbody></table></div>"
+    )
 
 
 def _td(content, sort=None, css=None, title=None):
@@ -672,7 +829,7 @@ def _td(content, sort=None, css=None, title=None):
 
 
 def _short(text, limit=28):
-    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
 
 
 def _rubric_table(runs, rules):
@@ -688,19 +845,26 @@ def _rubric_table(runs, rules):
             top = (best or graded)[0]
             result = _badge(top.grade.result, _grade_css(top.grade.result))
             value = f"{top.grade.value:.4g}" if best else "no value"
-            detail = (f'<a href="#run-{top.number}">#{top.number}</a> {value} '
-                      f'<span class="small">({len(graded)} graded run'
-                      f'{"s" if len(graded) != 1 else ""})</span>')
+            detail = (
+                f'<a href="#run-{top.number}">#{top.number}</a> {value} '
+                f'<span class="small">({len(graded)} graded run'
+                f"{'s' if len(graded) != 1 else ''})</span>"
+            )
         scope = " · ".join(
-            "/".join(map(str, _as_list(rule[k]))) for k in ("lab", "arch", "dataset")
-            if rule.get(k))
-        rows.append(f"<tr><td>{_esc(rule['title'])}</td><td>{_esc(scope)}</td>"
-                    f"<td>{_esc(_bar(rule))}</td><td>{result}</td>"
-                    f"<td>{detail}</td></tr>")
-    return ('<table id="rubric" class="grid"><thead><tr><th>course bar</th><th>'
-            "applies to (lab · arch · dataset)</th><th>metric</th><th>result</th>"
-            "<th>best run</th></tr></thead><tbody>" + "".join(rows)
-            + "</tbody></table>")
+            "/".join(map(str, _as_list(rule[k])))
+            for k in ("lab", "arch", "dataset")
+            if rule.get(k)
+        )
+        rows.append(
+            f"<tr><td>{_esc(rule['title'])}</td><td>{_esc(scope)}</td>"
+            f"<td>{_esc(_bar(rule))}</td><td>{result}</td>"
+            f"<td>{detail}</td></tr>"
+        )
+    return (
+        '<table id="rubric" class="grid"><thead><tr><th>course bar</th><th>'
+        "applies to (lab · arch · dataset)</th><th>metric</th><th>result</th>"
+        "<th>best run</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
 
 
 def _image_tag(path, html_dir):
@@ -713,7 +877,7 @@ def _image_tag(path, html_dir):
     except OSError:
         return f'<span class="small">{_esc(path.name)}: unreadable</span>'
     relative = Path(os.path.relpath(path, html_dir)).as_posix()
-    return (f'<img src="{_esc(relative)}" alt="{_esc(path.stem)}" loading="lazy">')
+    return f'<img src="{_esc(relative)}" alt="{_esc(path.stem)}" loading="lazy">'
 
 
 def _run_section(run, html_dir):
@@ -726,10 +890,12 @@ def _run_section(run, html_dir):
         meta.append(f"backend {_esc(run.config['backend'])}")
     if run.config.get("machine") or run.config.get("host"):
         meta.append(_esc(run.config.get("machine") or run.config.get("host")))
-    heading = (f'<a href="#run-{run.number}">#{run.number}</a> {_esc(run.lab)} · '
-               f"{_esc(run.variant)} · {_esc(run.dataset)}"
-               + _badge(run.status.replace("_", " "), _status_css(run.status))
-               + _badge(_grade_text(grade), _grade_css(grade.result)))
+    heading = (
+        f'<a href="#run-{run.number}">#{run.number}</a> {_esc(run.lab)} · '
+        f"{_esc(run.variant)} · {_esc(run.dataset)}"
+        + _badge(run.status.replace("_", " "), _status_css(run.status))
+        + _badge(_grade_text(grade), _grade_css(grade.result))
+    )
     parts = [
         f'<section class="run" id="run-{run.number}">',
         f"<h3>{heading}</h3>",
@@ -739,25 +905,40 @@ def _run_section(run, html_dir):
     if run.config.get("command"):
         parts.append(f"<pre>{_esc(run.config['command'])}</pre>")
     if run.problems:
-        parts.append('<ul class="problems warn">' + "".join(
-            f"<li>{_esc(p)}</li>" for p in run.problems) + "</ul>")
+        parts.append(
+            '<ul class="problems warn">'
+            + "".join(f"<li>{_esc(p)}</li>" for p in run.problems)
+            + "</ul>"
+        )
     metrics = "".join(
         f"<tr><td>{_esc(k)}</td><td>{_esc(_fmt_number(v))}</td></tr>"
-        for k, v in run.metrics.items())
+        for k, v in run.metrics.items()
+    )
     if run.history_rows:
         metrics += f"<tr><td>history rows</td><td>{run.history_rows}</td></tr>"
-    figures = "".join(
-        f"<figure>{_image_tag(p, html_dir)}<figcaption>{_esc(p.name)}</figcaption>"
-        "</figure>" for p in run.plots) or '<span class="small">no plots</span>'
-    parts.append(f'<div class="columns"><table class="kv">{metrics}</table>'
-                 f'<div class="plots">{figures}</div></div>')
+    figures = (
+        "".join(
+            f"<figure>{_image_tag(p, html_dir)}<figcaption>{_esc(p.name)}</figcaption>"
+            "</figure>"
+            for p in run.plots
+        )
+        or '<span class="small">no plots</span>'
+    )
+    parts.append(
+        f'<div class="columns"><table class="kv">{metrics}</table>'
+        f'<div class="plots">{figures}</div></div>'
+    )
     if run.config:
         config = json.dumps(run.config, indent=2, ensure_ascii=False, default=str)
-        parts.append(f"<details><summary>config.json</summary><pre>{_esc(config)}"
-                     "</pre></details>")
+        parts.append(
+            f"<details><summary>config.json</summary><pre>{_esc(config)}"
+            "</pre></details>"
+        )
     if run.report_md:
-        parts.append('<details><summary>report.md</summary><div class="md">'
-                     f"{markdown_to_html(run.report_md)}</div></details>")
+        parts.append(
+            '<details><summary>report.md</summary><div class="md">'
+            f"{markdown_to_html(run.report_md)}</div></details>"
+        )
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -768,12 +949,20 @@ def render_page(runs, rules, columns, runs_dir, html_dir, student):
         counts[run.grade.result] = counts.get(run.grade.result, 0) + 1
     count_badges = " ".join(
         _badge(f"{counts[result]} {label}", _grade_css(result))
-        for result, label in (("pass", "pass"), ("fail", "fail"),
-                              ("embedded", "embedded data"), ("n/a", "n/a"))
-        if counts.get(result))
+        for result, label in (
+            ("pass", "pass"),
+            ("fail", "fail"),
+            ("embedded", "embedded data"),
+            ("n/a", "n/a"),
+        )
+        if counts.get(result)
+    )
     title = "Grading report" + (f" — {student}" if student else "")
-    student_line = (f'<div class="student">Student: <strong>{_esc(student)}'
-                    "</strong></div>") if student else ""
+    student_line = (
+        (f'<div class="student">Student: <strong>{_esc(student)}</strong></div>')
+        if student
+        else ""
+    )
     generated = datetime.now().strftime("%Y-%m-%d %H:%M")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -830,19 +1019,39 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m labs.report",
         description="Write one static HTML grading page (and a CSV) over all runs "
-                    "below RUNS_DIR.",
+        "below RUNS_DIR.",
     )
-    parser.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR",
-                        help="folder holding the run directories (default: runs)")
-    parser.add_argument("--student", default=None, metavar="NAME",
-                        help="student name, shown in the page header and the CSV")
-    parser.add_argument("--csv", default=None, metavar="PATH",
-                        help="summary CSV for a gradebook (default: "
-                             "RUNS_DIR/summary.csv)")
-    parser.add_argument("--html", default=None, metavar="PATH",
-                        help="the page to write (default: RUNS_DIR/index.html)")
-    parser.add_argument("--rubric", default=None, metavar="FILE",
-                        help="JSON list of rubric rules replacing the built-in bars")
+    parser.add_argument(
+        "runs_dir",
+        nargs="?",
+        default="runs",
+        metavar="RUNS_DIR",
+        help="folder holding the run directories (default: runs)",
+    )
+    parser.add_argument(
+        "--student",
+        default=None,
+        metavar="NAME",
+        help="student name, shown in the page header and the CSV",
+    )
+    parser.add_argument(
+        "--csv",
+        default=None,
+        metavar="PATH",
+        help="summary CSV for a gradebook (default: RUNS_DIR/summary.csv)",
+    )
+    parser.add_argument(
+        "--html",
+        default=None,
+        metavar="PATH",
+        help="the page to write (default: RUNS_DIR/index.html)",
+    )
+    parser.add_argument(
+        "--rubric",
+        default=None,
+        metavar="FILE",
+        help="JSON list of rubric rules replacing the built-in bars",
+    )
     return parser.parse_args(argv)
 
 
@@ -857,7 +1066,8 @@ def main(argv=None):
             f"the runs directory {runs_dir} {what}. Labs write their runs under "
             f"runs/ in the folder they are started from (e.g. `{example}`): run a "
             "lab first, or pass the folder that holds the runs: "
-            "`python -m labs.report PATH`.")
+            "`python -m labs.report PATH`."
+        )
     rules = load_rubric(args.rubric) if args.rubric else RUBRIC
     runs = [load_run(folder, runs_dir) for folder in find_run_folders(runs_dir)]
     if not runs:
@@ -865,17 +1075,16 @@ def main(argv=None):
             f"no runs found in {runs_dir}: a run is a folder holding a config.json, "
             f"written by a lab (e.g. `{example}` writes "
             "runs/lab2_rnn/<time>-3-adding/). Run a lab first, or pass the folder "
-            "that holds the runs.")
-    runs.sort(key=lambda r: (r.lab, (_started(r) or datetime.min).isoformat(),
-                             r.name))
+            "that holds the runs."
+        )
+    runs.sort(key=lambda r: (r.lab, (_started(r) or datetime.min).isoformat(), r.name))
     for number, run in enumerate(runs, start=1):
         run.number = number
         run.grade = grade_run(run, rules)
     html_path = Path(args.html) if args.html else runs_dir / "index.html"
     csv_path = Path(args.csv) if args.csv else runs_dir / "summary.csv"
     columns = metric_columns(runs)
-    page = render_page(runs, rules, columns, runs_dir, html_path.parent,
-                       args.student)
+    page = render_page(runs, rules, columns, runs_dir, html_path.parent, args.student)
     rows = summary_rows(runs, columns, args.student)
     for path, text in ((html_path, page), (csv_path, _csv_text(rows))):
         try:
@@ -883,7 +1092,8 @@ def main(argv=None):
         except OSError as error:
             raise ReportError(
                 f"cannot write {path}: {error.strerror or error}. Pass --html PATH "
-                "and --csv PATH in a folder you can write to.") from error
+                "and --csv PATH in a folder you can write to."
+            ) from error
     grades = {}
     for run in runs:
         grades[run.grade.result] = grades.get(run.grade.result, 0) + 1

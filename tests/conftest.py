@@ -4,8 +4,8 @@ that runs a lab on another backend in a subprocess (a process has one backend)."
 import json
 import os
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest

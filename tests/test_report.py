@@ -33,8 +33,9 @@ def save_png(path, title, seed=0):
     figure, axis = plt.subplots(figsize=(3, 2))
     epochs = list(range(1, 11))
     axis.plot(epochs, [1 / (e + seed) for e in epochs], "o-", label="train loss")
-    axis.plot(epochs, [1.2 / (e + seed) + 0.05 for e in epochs], "s-",
-              label="validation loss")
+    axis.plot(
+        epochs, [1.2 / (e + seed) + 0.05 for e in epochs], "s-", label="validation loss"
+    )
     axis.set_title(title)
     axis.set_xlabel("epoch")
     axis.set_ylabel("loss")
@@ -44,22 +45,45 @@ def save_png(path, title, seed=0):
     return path
 
 
-def make_run(root, lab, arch, dataset, metrics, *, started="2026-11-24T02:00:00",
-             plots=("learning_curves",), args=None, data=None, report_md=None,
-             epochs=10):
+def make_run(
+    root,
+    lab,
+    arch,
+    dataset,
+    metrics,
+    *,
+    started="2026-11-24T02:00:00",
+    plots=("learning_curves",),
+    args=None,
+    data=None,
+    report_md=None,
+    epochs=10,
+):
     """Write one run directory in the contract's layout; return its path."""
     stamp = started.replace("-", "").replace(":", "").replace("T", "-")
     slug = re.sub(r"[^\w.-]", "_", dataset)
     folder = root / lab / f"{stamp}-{arch}-{slug}"
     folder.mkdir(parents=True)
-    all_args = {"arch": arch, "dataset": dataset, "epochs": epochs, "seed": 0,
-                "quick": False, **(args or {})}
+    all_args = {
+        "arch": arch,
+        "dataset": dataset,
+        "epochs": epochs,
+        "seed": 0,
+        "quick": False,
+        **(args or {}),
+    }
     config = {
-        "lab": lab, "arch": arch, "dataset": dataset,
+        "lab": lab,
+        "arch": arch,
+        "dataset": dataset,
         "argv": ["--arch", arch, "--dataset", dataset],
         "command": f"python -m labs.{lab} --arch {arch} --dataset {dataset}",
-        "args": all_args, "backend": "torch", "versions": {"keras": "3.15.1"},
-        "seed": 0, "host": "test-host", "started": started,
+        "args": all_args,
+        "backend": "torch",
+        "versions": {"keras": "3.15.1"},
+        "seed": 0,
+        "host": "test-host",
+        "started": started,
         "data": data or {"name": dataset, "embedded": False, "num_train": 8000},
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
@@ -78,33 +102,68 @@ def make_run(root, lab, arch, dataset, metrics, *, started="2026-11-24T02:00:00"
 
 
 def completed(**figures):
-    return {"status": "completed", "best_epoch": 8, "stopped_epoch": 0,
-            "epochs_run": 10, "train_seconds": 95.5, "params": 123456, **figures}
+    return {
+        "status": "completed",
+        "best_epoch": 8,
+        "stopped_epoch": 0,
+        "epochs_run": 10,
+        "train_seconds": 95.5,
+        "params": 123456,
+        **figures,
+    }
 
 
 @pytest.fixture
 def runs_dir(tmp_path):
     """Seven runs covering pass, fail, embedded, n/a and a lab without a rubric."""
     root = tmp_path / "runs"
-    make_run(root, "lab1_cnn", "vgg", "mnist",
-             completed(test_accuracy=0.9951, macro_f1=0.995, test_loss=0.02),
-             plots=("learning_curves", "confusion_matrix", "misclassified"),
-             report_md="# lab1_cnn\n\n```\npython -m labs.lab1_cnn\n```\n\n"
-                       "## Figures\n\n| metric | value |\n|---|---|\n"
-                       "| test_accuracy | 0.9951 |\n\n- name: mnist\n\n"
-                       "![learning_curves](plots/learning_curves.png)\n")
-    make_run(root, "lab1_cnn", "resnet", "cifar10",
-             completed(test_accuracy=0.7512, macro_f1=0.74),
-             started="2026-11-24T03:00:00")
-    make_run(root, "lab1_cnn", "baseline", "digits",
-             completed(test_accuracy=0.985),
-             data={"name": "digits", "embedded": True, "num_train": 1200},
-             started="2026-11-24T04:00:00")
-    make_run(root, "lab2_rnn", "3", "adding", completed(mse=0.0012),
-             args={"cell": "gru"}, data={"name": "adding", "generated": True})
+    make_run(
+        root,
+        "lab1_cnn",
+        "vgg",
+        "mnist",
+        completed(test_accuracy=0.9951, macro_f1=0.995, test_loss=0.02),
+        plots=("learning_curves", "confusion_matrix", "misclassified"),
+        report_md="# lab1_cnn\n\n```\npython -m labs.lab1_cnn\n```\n\n"
+        "## Figures\n\n| metric | value |\n|---|---|\n"
+        "| test_accuracy | 0.9951 |\n\n- name: mnist\n\n"
+        "![learning_curves](plots/learning_curves.png)\n",
+    )
+    make_run(
+        root,
+        "lab1_cnn",
+        "resnet",
+        "cifar10",
+        completed(test_accuracy=0.7512, macro_f1=0.74),
+        started="2026-11-24T03:00:00",
+    )
+    make_run(
+        root,
+        "lab1_cnn",
+        "baseline",
+        "digits",
+        completed(test_accuracy=0.985),
+        data={"name": "digits", "embedded": True, "num_train": 1200},
+        started="2026-11-24T04:00:00",
+    )
+    make_run(
+        root,
+        "lab2_rnn",
+        "3",
+        "adding",
+        completed(mse=0.0012),
+        args={"cell": "gru"},
+        data={"name": "adding", "generated": True},
+    )
     make_run(root, "lab3_gan", "wgan-gp", "ring", completed(modes_covered=8))
-    make_run(root, "lab4_finetune", "default", "tf_flowers",
-             completed(test_accuracy=0.951), args={"mode": "finetune"})
+    make_run(
+        root,
+        "lab4_finetune",
+        "default",
+        "tf_flowers",
+        completed(test_accuracy=0.951),
+        args={"mode": "finetune"},
+    )
     make_run(root, "lab9_extra", "mlp", "mnist", completed(test_accuracy=0.5))
     return root
 
@@ -124,11 +183,13 @@ def test_page_lists_every_run_with_its_grade(runs_dir, capsys):
     assert result["runs"] == 7
     assert result["index"] == runs_dir / "index.html"
     assert capsys.readouterr().out.strip().splitlines()[-1] == (
-        f"report: {runs_dir / 'index.html'}")
+        f"report: {runs_dir / 'index.html'}"
+    )
     page = result["index"].read_text()
     grades = re.findall(r'<tr class="run-row" data-grade="([^"]+)">', page)
     assert sorted(grades) == sorted(
-        ["pass", "fail", "embedded", "embedded", "embedded", "pass", "n/a"])
+        ["pass", "fail", "embedded", "embedded", "embedded", "pass", "n/a"]
+    )
     assert result["grades"] == {"pass": 2, "fail": 1, "embedded": 3, "n/a": 1}
     assert "Ada Lovelace" in page.split("<h2>")[0]  # in the header
     assert report.EMBEDDED_LABEL in page
@@ -157,12 +218,25 @@ def test_grades_follow_rubric_lab_arch_and_dataset(runs_dir):
 
 def test_quick_runs_and_unmatched_archs_are_not_graded(tmp_path):
     root = tmp_path / "runs"
-    make_run(root, "lab1_cnn", "vgg", "mnist", completed(test_accuracy=0.6),
-             args={"quick": True})
-    make_run(root, "lab1_cnn", "transfer", "folder:/data/dogs",
-             completed(test_accuracy=0.91))
-    make_run(root, "lab4_finetune", "default", "tf_flowers",
-             completed(test_accuracy=0.6), args={"mode": "scratch"})
+    make_run(
+        root,
+        "lab1_cnn",
+        "vgg",
+        "mnist",
+        completed(test_accuracy=0.6),
+        args={"quick": True},
+    )
+    make_run(
+        root, "lab1_cnn", "transfer", "folder:/data/dogs", completed(test_accuracy=0.91)
+    )
+    make_run(
+        root,
+        "lab4_finetune",
+        "default",
+        "tf_flowers",
+        completed(test_accuracy=0.6),
+        args={"mode": "scratch"},
+    )
     rows = {row["arch"]: row for row in read_csv(report.main([str(root)])["csv"])}
 
     assert rows["vgg"]["grade"] == "n/a"
@@ -191,9 +265,15 @@ def test_summary_table_is_sortable(runs_dir):
     assert '<table id="summary" class="grid sortable">' in page
     headers = re.findall(r'<th data-key="(\w+)"', page.split('id="rubric"')[0])
     assert headers[:6] == ["run", "lab", "arch", "dataset", "status", "grade"]
-    assert {"test_accuracy", "macro_f1", "mse", "modes_covered", "train_seconds",
-            "started"} <= set(headers)
-    assert "addEventListener(\"click\"" in page and "sortBy(" in page
+    assert {
+        "test_accuracy",
+        "macro_f1",
+        "mse",
+        "modes_covered",
+        "train_seconds",
+        "started",
+    } <= set(headers)
+    assert 'addEventListener("click"' in page and "sortBy(" in page
     # numeric cells carry a raw value to sort by, not the formatted text
     assert 'data-sort="0.9951" class="num">0.9951</td>' in page
     assert 'data-sort="95.5" class="num">1m 36s</td>' in page
@@ -201,11 +281,16 @@ def test_summary_table_is_sortable(runs_dir):
 
 def test_report_md_is_rendered_and_everything_is_escaped(tmp_path):
     root = tmp_path / "runs"
-    make_run(root, "lab1_cnn", "vgg", "mnist",
-             completed(test_accuracy=0.99, note="<script>alert(1)</script>"),
-             report_md="# Title <b>x</b>\n\n## Figures\n\n| metric | value |\n"
-                       "|---|---|\n| test_accuracy | 0.99 |\n\n```\ncode <i>\n```\n"
-                       "- item `x`\n\n![curves](plots/learning_curves.png)\n")
+    make_run(
+        root,
+        "lab1_cnn",
+        "vgg",
+        "mnist",
+        completed(test_accuracy=0.99, note="<script>alert(1)</script>"),
+        report_md="# Title <b>x</b>\n\n## Figures\n\n| metric | value |\n"
+        "|---|---|\n| test_accuracy | 0.99 |\n\n```\ncode <i>\n```\n"
+        "- item `x`\n\n![curves](plots/learning_curves.png)\n",
+    )
     page = report.main([str(root)])["index"].read_text()
     section = page.split('id="run-1"')[1]
 
@@ -228,8 +313,15 @@ def test_csv_export_for_a_gradebook(runs_dir, tmp_path):
     assert result["csv"] == target
     assert not (runs_dir / "summary.csv").exists()
     assert len(rows) == 7
-    assert list(rows[0])[:7] == ["student", "run", "lab", "arch", "dataset",
-                                 "status", "grade"]
+    assert list(rows[0])[:7] == [
+        "student",
+        "run",
+        "lab",
+        "arch",
+        "dataset",
+        "status",
+        "grade",
+    ]
     assert {row["student"] for row in rows} == {"Ada"}
     vgg = by_lab_arch(rows)[("lab1_cnn", "vgg")]
     assert float(vgg["test_accuracy"]) == 0.9951
@@ -242,8 +334,15 @@ def test_csv_export_for_a_gradebook(runs_dir, tmp_path):
 def test_broken_and_unfinished_runs_are_listed_not_fatal(tmp_path):
     root = tmp_path / "runs"
     make_run(root, "lab1_cnn", "vgg", "mnist", completed(test_accuracy=0.995))
-    interrupted = make_run(root, "lab1_cnn", "baseline", "mnist", None,
-                           started="2026-11-24T05:00:00", plots=())
+    interrupted = make_run(
+        root,
+        "lab1_cnn",
+        "baseline",
+        "mnist",
+        None,
+        started="2026-11-24T05:00:00",
+        plots=(),
+    )
     broken = make_run(root, "lab2_rnn", "1", "imdb_reviews", None)
     (broken / "metrics.json").write_text('{"status": "completed", "mse": 0.')
     listed = make_run(root, "lab3_gan", "mlp", "mnist", None)
@@ -275,21 +374,39 @@ def test_broken_and_unfinished_runs_are_listed_not_fatal(tmp_path):
 
 def test_custom_rubric_file(runs_dir, tmp_path):
     rubric = tmp_path / "rubric.json"
-    rubric.write_text(json.dumps({"rules": [
-        {"title": "any mnist run", "lab": "lab9_*", "dataset": "mnist",
-         "metric": "test_accuracy", "op": ">=", "threshold": 0.4},
-        {"title": "low cifar loss", "lab": "lab1_cnn", "dataset": ["cifar*"],
-         "metric": "test_loss", "op": "<=", "threshold": 0.5},
-    ]}))
-    rows = by_lab_arch(read_csv(
-        report.main([str(runs_dir), "--rubric", str(rubric)])["csv"]))
+    rubric.write_text(
+        json.dumps(
+            {
+                "rules": [
+                    {
+                        "title": "any mnist run",
+                        "lab": "lab9_*",
+                        "dataset": "mnist",
+                        "metric": "test_accuracy",
+                        "op": ">=",
+                        "threshold": 0.4,
+                    },
+                    {
+                        "title": "low cifar loss",
+                        "lab": "lab1_cnn",
+                        "dataset": ["cifar*"],
+                        "metric": "test_loss",
+                        "op": "<=",
+                        "threshold": 0.5,
+                    },
+                ]
+            }
+        )
+    )
+    rows = by_lab_arch(
+        read_csv(report.main([str(runs_dir), "--rubric", str(rubric)])["csv"])
+    )
 
     assert rows[("lab9_extra", "mlp")]["grade"] == "pass"
     assert rows[("lab1_cnn", "resnet")]["grade"] == "fail"  # no test_loss
     assert rows[("lab1_cnn", "vgg")]["grade"] == "n/a"  # built-in bars replaced
 
-    rubric.write_text(json.dumps([{"title": "x", "metric": "mse",
-                                   "threshold": "low"}]))
+    rubric.write_text(json.dumps([{"title": "x", "metric": "mse", "threshold": "low"}]))
     with pytest.raises(report.ReportError, match="numeric"):
         report.main([str(runs_dir), "--rubric", str(rubric)])
 
@@ -312,41 +429,64 @@ def test_missing_or_empty_runs_dir_is_a_clear_error(tmp_path, capsys):
 
 def test_command_line_exit_codes_and_no_heavy_imports(runs_dir, tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     done = run("-m", "labs.report", str(runs_dir), "--student", "Ada")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == (
-        f"report: {runs_dir / 'index.html'}")
+        f"report: {runs_dir / 'index.html'}"
+    )
     missing = run("-m", "labs.report", str(tmp_path / "nowhere"))
     assert missing.returncode == 1
     assert "Traceback" not in missing.stderr and "error:" in missing.stderr
     assert run("-m", "labs.report", "--csv").returncode == 2
-    heavy = run("-c", "import sys, labs.report; print(sorted({'keras', 'torch', "
-                      "'tensorflow'} & set(sys.modules)))")
+    heavy = run(
+        "-c",
+        "import sys, labs.report; print(sorted({'keras', 'torch', "
+        "'tensorflow'} & set(sys.modules)))",
+    )
     assert heavy.stdout.strip() == "[]"
 
 
 # ------------------------------------------------------------- real browser
 def chromium_or_skip():
     path = shutil.which("chromium") or (
-        "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+        "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+    )
     if path is None:
         if os.environ.get("CI"):
-            pytest.fail("chromium is not installed, and CI is set: the CI setup must "
-                        "install Debian's chromium (apt-get install -y chromium)")
-        pytest.skip("chromium not installed (apt-get install -y chromium); "
-                    "this test fails instead of skipping when CI is set")
+            pytest.fail(
+                "chromium is not installed, and CI is set: the CI setup must "
+                "install Debian's chromium (apt-get install -y chromium)"
+            )
+        pytest.skip(
+            "chromium not installed (apt-get install -y chromium); "
+            "this test fails instead of skipping when CI is set"
+        )
     return path
 
 
 def chromium(binary, tmp_path, *args):
-    command = [binary, "--headless", "--no-sandbox", "--disable-gpu",
-               "--disable-quic", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={tmp_path / 'chromium-profile'}",
-               "--window-size=1280,2000", *args]
+    command = [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1280,2000",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
@@ -370,15 +510,17 @@ def test_page_renders_in_headless_chromium(runs_dir, tmp_path):
     assert green > 50 and red > 50  # pass and fail badges are coloured
 
     # The DOM after the script ran, sorted by test accuracy, descending (#sort=-key).
-    dom = chromium(binary, tmp_path, "--dump-dom", index.as_uri() + "#sort=-"
-                   "test_accuracy").stdout
+    dom = chromium(
+        binary, tmp_path, "--dump-dom", index.as_uri() + "#sort=-test_accuracy"
+    ).stdout
     assert dom.count('class="run-row"') == 7
     assert 'aria-sort="descending"' in dom
     summary = dom.split('id="summary"')[1].split("</table>")[0]
     column = re.findall(r'<th data-key="(\w+)"', summary).index("test_accuracy")
     rows = re.findall(r'<tr class="run-row".*?</tr>', summary, flags=re.S)
-    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)[column]
-             for row in rows]
+    cells = [
+        re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)[column] for row in rows
+    ]
     accuracies = [float(cell) for cell in cells if cell]
     assert accuracies == sorted(accuracies, reverse=True)
     assert accuracies[0] == 0.9951 and len(accuracies) == 5
