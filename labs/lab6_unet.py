@@ -17,7 +17,6 @@ Measured results: README's results table (Lab 6 rows).
 """
 
 import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -25,7 +24,7 @@ from keras import layers
 
 from common import cli, experiment, plots
 from common.cli import WorkbookError
-from common.data import IMAGE_SUFFIXES, Splits, load_tfds
+from common.data import SCENE_CLASSES, Splits, load_tfds, make_scenes, read_mask_folder
 
 HYPERPARAMETERS = {
     "epochs": 20,  # maximum; the learning rate decays to 0 over them (cosine)
@@ -41,69 +40,11 @@ HYPERPARAMETERS = {
 }
 BN_MOMENTUM = 0.9  # BatchNorm statistics settle within a short epoch
 AUGMENTATIONS = ("none", "flip", "warp")
-SCENE_CLASSES = ["background", "border", "disc", "square", "triangle"]
 PET_CLASSES = ["pet", "background", "border"]  # tfds trimap values 1, 2, 3
-MASK_MODES = ("L", "P", "I", "I;16")  # one class index per pixel
-MAX_CLASSES = 64  # inferred from the masks when a folder has no classes.txt
 QUICK_SIZES = {"train": 32, "val": 8, "test": 16}
 
 
-# ---- Data: generated scenes, Oxford-IIIT Pets (tfds), or images + masks -------
-def smooth_noise(rng, count, size, cells, channels):
-    """Low-frequency texture: a coarse random grid, bilinearly upsampled."""
-    grid = rng.random((count, cells + 1, cells + 1, channels))
-    position = np.linspace(0, cells, size)
-    low = np.minimum(position.astype(int), cells - 1)
-    weight = (position - low)[:, None]
-    grid = grid[:, low] * (1 - weight[..., None]) + grid[:, low + 1] * weight[..., None]
-    return grid[:, :, low] * (1 - weight) + grid[:, :, low + 1] * weight
-
-
-def shape_mask(kind, size, rng):
-    """A randomly placed, sized and turned disc, square or triangle (bool HxW)."""
-    radius = rng.uniform(0.12, 0.24) * size
-    center = rng.uniform(radius, size - radius, 2)[:, None, None]
-    rows, columns = np.mgrid[0:size, 0:size] + 0.5 - center
-    angles = rng.uniform(0, 2 * np.pi) + np.arange(3) * 2 * np.pi / 3
-    # Distances along three directions 120 degrees apart (two for the square).
-    along = [rows * np.cos(a) - columns * np.sin(a) for a in angles]
-    if kind == "disc":
-        return rows**2 + columns**2 <= radius**2
-    if kind == "square":
-        turned = rows * np.sin(angles[0]) + columns * np.cos(angles[0])
-        return np.maximum(np.abs(along[0]), np.abs(turned)) <= 0.85 * radius
-    return np.all([distance >= -0.6 * radius for distance in along], axis=0)
-
-
-def make_scenes(count, size, seed, shapes=(3, 5)):
-    """Non-overlapping shapes on textured, noisy backgrounds, with trimap-like masks.
-
-    A shape's class is its outline, not its colour (colours are random), so a
-    pixel's class needs context; "border" marks the pixels on both sides of an
-    outline, like the Pets trimap's border, and needs the full resolution.
-    """
-    rng = np.random.default_rng(seed)
-    images = 0.25 + 0.5 * smooth_noise(rng, count, size, 4, 3)
-    images += 0.15 * (smooth_noise(rng, count, size, size // 4, 3) - 0.5)
-    masks = np.zeros((count, size, size), "uint8")
-    for image, mask in zip(images, masks):
-        wanted = rng.integers(shapes[0], shapes[1] + 1)
-        for _ in range(40):  # tries: shapes must not overlap
-            label = rng.integers(2, len(SCENE_CLASSES))
-            inside = shape_mask(SCENE_CLASSES[label], size, rng)
-            if wanted == 0 or mask[inside].any():
-                continue
-            wanted -= 1
-            texture = 0.2 * smooth_noise(rng, 1, size, 3, 1)[0] - 0.1
-            image[inside] = rng.uniform(0.0, 1.0, 3) + texture[inside]
-            mask[inside] = label
-    padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
-    masks[windows.max(axis=(-2, -1)) != windows.min(axis=(-2, -1))] = 1  # border
-    images += rng.normal(0.0, 0.05, images.shape)
-    return np.clip(images, 0.0, 1.0).astype("float32"), masks
-
-
+# ---- Data: scenes and folders (common.data), Oxford-IIIT Pets (tfds) ----------
 def read_tfds_pets(split, size):
     """Oxford-IIIT Pets images and trimaps (pet, background, border), resized."""
     import tensorflow as tf
@@ -121,74 +62,13 @@ def read_tfds_pets(split, size):
     return images, masks.astype("uint8")
 
 
-def read_mask_folder(path, size):
-    """PATH/images/NAME.* with PATH/masks/NAME.png (class indices), resized.
-
-    Optional PATH/classes.txt names the classes, one a line, index 0 first; without
-    it they are 0..(largest mask value). Unreadable pairs are skipped and counted;
-    a missing, colour, mis-sized or out-of-range mask stops, naming the file.
-    """
-    from PIL import Image
-
-    root = Path(path)
-    names_file = root / "classes.txt"
-    names = names_file.read_text().split("\n") if names_file.is_file() else []
-    names = [name.strip() for name in names if name.strip()]
-    files, masks = (
-        sorted(f for f in (root / sub).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        for sub in ("images", "masks")
-    )
-    masks = {file.stem: file for file in masks}
-    missing = [file.name for file in files if file.stem not in masks]
-    if missing or not files:
-        raise WorkbookError(
-            f"{root}: {len(missing)} of {len(files)} images in images/ have no mask "
-            f"in masks/ (e.g. {', '.join(missing[:3]) or 'no images at all'}). Put "
-            "each image in PATH/images/ and its mask, a one-channel PNG of class "
-            "indices with the same name, in PATH/masks/."
-        )
-    limit, images, labels, skipped = len(names) or MAX_CLASSES, [], [], 0
-    for file in files:
-        try:
-            with Image.open(file) as image, Image.open(masks[file.stem]) as mask:
-                image, mask = image.convert("RGB"), mask.copy()
-        except (OSError, ValueError):
-            skipped += 1
-            continue
-        values = np.asarray(mask) if mask.mode in MASK_MODES else None
-        problem = (
-            f"is a {mask.mode} image, not one class index per pixel"
-            if values is None
-            else f"is {mask.size} pixels but its image is {image.size} (width, height)"
-            if mask.size != image.size
-            else f"holds the class index {values.max()}, but there are {limit} classes"
-            if values.max() >= limit
-            else None
-        )
-        if problem:
-            raise WorkbookError(
-                f"the mask {masks[file.stem]} {problem}. Masks are one-channel PNGs "
-                f"of class indices 0, 1, ... (at most {MAX_CLASSES} without "
-                "classes.txt) with the size of their image; fix or remove that pair."
-            )
-        labels.append(np.asarray(mask.resize((size, size), Image.Resampling.NEAREST)))
-        images.append(np.asarray(image.resize((size, size)), "float32") / 255.0)
-    if skipped:
-        print(f"warning: skipped {skipped} unreadable image or mask file(s) in {root}")
-    if not images:
-        raise WorkbookError(f"none of the {len(files)} images under {root} is readable")
-    labels = np.stack(labels).astype("uint8")
-    names = names or [f"class {index}" for index in range(int(labels.max()) + 1)]
-    return np.stack(images), labels, names
-
-
 def read_dataset(spec, args, split="train"):
     """(images, masks, class names, source) of ``spec``; ``split``: tfds's split."""
     size = args.image_size
     if spec == "scenes":
         seed = args.seed + (split == "test")
         x, y = make_scenes(64 if args.quick else args.num_scenes, size, seed)
-        return x, y, SCENE_CLASSES, f"generated, {size} px"
+        return x, y, SCENE_CLASSES, f"generated scenes, {size} px"
     if spec == "oxford_iiit_pet":
         return *read_tfds_pets(split, size), PET_CLASSES, f"tfds {split}, {size} px"
     if spec.startswith("folder:"):
@@ -347,15 +227,15 @@ ARCHITECTURES = {"unet": build_unet, "no-skip": build_no_skip}
 
 
 def build_model(args, splits):
-    normalization = keras.layers.Normalization(axis=-1, name="standardize")
+    normalization = layers.Normalization(axis=-1, name="standardize")
     normalization.adapt(splits.x_train)
     model = ARCHITECTURES[args.arch](
         splits.input_shape, splits.num_classes, normalization, args.depth, args.width
     )
-    # Mean IoU is measured on the test set only: Keras's MeanIoU fills its
-    # confusion matrix with ops.scatter, a Python loop over pixels on torch.
     steps = args.epochs * int(np.ceil(len(splits.x_train) / args.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
+    # Mean IoU is measured on the test set only: Keras's MeanIoU fills its
+    # confusion matrix with ops.scatter, a Python loop over pixels on torch.
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -477,15 +357,17 @@ def add_arguments(parser):
         "depth": "encoder blocks; the image size must be divisible by 2**depth",
         "width": "filters of the first block, doubled at every level",
         "num_scenes": "scenes: images generated (70/10/20 %% train/validation/test)",
-        "image_size": f"square image size in pixels (default {sizes} for photos)",
+        "image_size": f"square image size in pixels (None: {sizes} for photos)",
     }
     for name, text in flags.items():
         default = HYPERPARAMETERS[name] if name != "image_size" else None
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=cli.positive_int, default=default, help=text)
-    augment = HYPERPARAMETERS["augment"]
     parser.add_argument(
-        "--augment", choices=AUGMENTATIONS, default=augment, help="image and mask"
+        "--augment",
+        choices=AUGMENTATIONS,
+        default=HYPERPARAMETERS["augment"],
+        help="training augmentation, the same for image and mask",
     )
 
 
