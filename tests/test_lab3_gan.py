@@ -9,7 +9,7 @@ import pytest
 from keras import ops
 from PIL import Image
 
-from common import cli, experiment
+from common import cli, experiment, runs
 from common.data import Splits
 from common.gradients import value_and_gradients
 from common.runs import seed_everything
@@ -222,7 +222,8 @@ def test_each_network_changes_only_in_its_own_step(arch):
 def test_whole_gan_serializes_and_reloads(tmp_path):
     gan = small_gan("wgan-gp", ring_data())
     path = tmp_path / "gan.keras"
-    gan.save(path)
+    with runs._without_tensorflow():  # as the runner saves: no 5-15 s TF import
+        gan.save(path)
     reloaded = keras.saving.load_model(path, safe_mode=True)
     assert isinstance(reloaded, lab.GAN)
     assert reloaded.loss_kind == "wasserstein" and reloaded.critic_steps == 5
