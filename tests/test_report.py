@@ -1,9 +1,10 @@
-"""The grading report (python -m labs.report) over fake run directories.
+"""The grading report (python -m labs.report) and its self-check, over fake runs.
 
 The runs are written by hand in the run directory format (config.json,
-metrics.json, history.csv, plots/*.png, report.md), with real PNGs from
-matplotlib, so these tests need no training. The browser test renders the page in
-headless Debian chromium; it is skipped when chromium is missing, unless CI is set.
+metrics.json, history.csv, predictions.npz, plots/*.png, report.md), with real PNGs
+from matplotlib, so these tests need no training. The browser test renders the page
+in headless Debian chromium; it is skipped when chromium is missing, unless CI is
+set.
 """
 
 import base64
@@ -17,12 +18,13 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pytest
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from labs import report  # noqa: E402
+from labs import report, rubric  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,43 +59,46 @@ def make_run(
     args=None,
     data=None,
     report_md=None,
-    epochs=10,
+    folder=None,
+    predictions=None,
 ):
-    """Write one run directory in the contract's layout; return its path."""
+    """Write one run directory in the contract's layout; return its path.
+
+    history.csv has ``metrics["epochs_run"]`` rows (10 without metrics) whose
+    val_loss is lowest at ``metrics["best_epoch"]``, as EarlyStopping leaves it.
+    """
     stamp = started.replace("-", "").replace(":", "").replace("T", "-")
     slug = re.sub(r"[^\w.-]", "_", dataset)
-    folder = root / lab / f"{stamp}-{arch}-{slug}"
+    folder = folder or root / lab / f"{stamp}-{arch}-{slug}"
     folder.mkdir(parents=True)
-    all_args = {
-        "arch": arch,
-        "dataset": dataset,
-        "epochs": epochs,
-        "seed": 0,
-        "quick": False,
-        **(args or {}),
-    }
+    all_args = {"arch": arch, "dataset": dataset, "seed": 0, "quick": False}
+    all_args.update(args or {})
     config = {
         "lab": lab,
         "arch": arch,
         "dataset": dataset,
-        "argv": ["--arch", arch, "--dataset", dataset],
         "command": f"python -m labs.{lab} --arch {arch} --dataset {dataset}",
         "args": all_args,
         "backend": "torch",
-        "versions": {"keras": "3.15.1"},
         "seed": 0,
         "host": "test-host",
         "started": started,
-        "data": data or {"name": dataset, "embedded": False, "num_train": 8000},
+        "data": data or {"name": dataset, "num_train": 8000},
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
+    epochs = (metrics or {}).get("epochs_run") or 10
+    best = (metrics or {}).get("best_epoch") or epochs
     with open(folder / "history.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["epoch", "loss", "val_loss"])
         for epoch in range(1, epochs + 1):
-            writer.writerow([epoch, 1 / epoch, 1.1 / epoch])
+            val = 1.1 / min(epoch, best) + 0.01 * max(0, epoch - best)
+            writer.writerow([epoch, 1 / epoch, val])
     if metrics is not None:
         (folder / "metrics.json").write_text(json.dumps(metrics))
+    if predictions is not None:
+        truth, predicted = predictions
+        np.savez(folder / "predictions.npz", y_true=truth, y_pred=predicted)
     for index, name in enumerate(plots):
         save_png(folder / "plots" / f"{name}.png", f"{lab} {name}", seed=index)
     if report_md is not None:
@@ -105,7 +110,7 @@ def completed(**figures):
     return {
         "status": "completed",
         "best_epoch": 8,
-        "stopped_epoch": 0,
+        "stopped_epoch": None,
         "epochs_run": 10,
         "train_seconds": 95.5,
         "params": 123456,
@@ -113,20 +118,29 @@ def completed(**figures):
     }
 
 
+def predictions_with_accuracy(correct, total=200):
+    truth = np.arange(total) % 10
+    predicted = truth.copy()
+    predicted[correct:] = (predicted[correct:] + 1) % 10
+    return truth, predicted
+
+
 @pytest.fixture
 def runs_dir(tmp_path):
-    """Seven runs covering pass, fail, embedded, n/a and a lab without a rubric."""
+    """Seven runs: course and workbook bars passed and failed, a bar between two
+    metrics, and a lab that no rule covers."""
     root = tmp_path / "runs"
     make_run(
         root,
         "lab1_cnn",
         "vgg",
         "mnist",
-        completed(test_accuracy=0.9951, macro_f1=0.995, test_loss=0.02),
+        completed(test_accuracy=0.995, macro_f1=0.995, test_loss=0.02),
         plots=("learning_curves", "confusion_matrix", "misclassified"),
+        predictions=predictions_with_accuracy(199),
         report_md="# lab1_cnn\n\n```\npython -m labs.lab1_cnn\n```\n\n"
         "## Figures\n\n| metric | value |\n|---|---|\n"
-        "| test_accuracy | 0.9951 |\n\n- name: mnist\n\n"
+        "| test_accuracy | 0.995 |\n\n- name: mnist\n\n"
         "![learning_curves](plots/learning_curves.png)\n",
     )
     make_run(
@@ -143,23 +157,21 @@ def runs_dir(tmp_path):
         "baseline",
         "digits",
         completed(test_accuracy=0.985),
-        data={"name": "digits", "embedded": True, "num_train": 1200},
         started="2026-11-24T04:00:00",
     )
     make_run(
         root,
         "lab2_rnn",
         "3",
-        "adding",
-        completed(mse=0.0012),
-        args={"cell": "gru"},
-        data={"name": "adding", "generated": True},
+        "weather",
+        completed(mse=8.9, persistence_mse=8.45, baseline_mse=56.7),
+        args={"cell": "lstm"},
     )
     make_run(root, "lab3_gan", "wgan-gp", "ring", completed(modes_covered=8))
     make_run(
         root,
         "lab4_finetune",
-        "default",
+        "resnet50v2",
         "tf_flowers",
         completed(test_accuracy=0.951),
         args={"mode": "finetune"},
@@ -177,6 +189,11 @@ def by_lab_arch(rows):
     return {(row["lab"], row["arch"]): row for row in rows}
 
 
+def grades_of(root, *extra):
+    rows = read_csv(report.main([str(root), *extra])["csv"])
+    return {(row["lab"], row["arch"], row["dataset"]): row for row in rows}
+
+
 def test_page_lists_every_run_with_its_grade(runs_dir, capsys):
     result = report.main([str(runs_dir), "--student", "Ada Lovelace"])
 
@@ -187,16 +204,15 @@ def test_page_lists_every_run_with_its_grade(runs_dir, capsys):
     )
     page = result["index"].read_text()
     grades = re.findall(r'<tr class="run-row" data-grade="([^"]+)">', page)
-    assert sorted(grades) == sorted(
-        ["pass", "fail", "embedded", "embedded", "embedded", "pass", "n/a"]
-    )
-    assert result["grades"] == {"pass": 2, "fail": 1, "embedded": 3, "n/a": 1}
+    assert sorted(grades) == ["fail", "fail", "n/a", "pass", "pass", "pass", "pass"]
+    assert result["grades"] == {"pass": 4, "fail": 2, "n/a": 1}
     assert "Ada Lovelace" in page.split("<h2>")[0]  # in the header
-    assert report.EMBEDDED_LABEL in page
     assert "0.7512 &lt; 0.8" in page  # the failing run shows its value and bar
+    assert "8.9 ≥ persistence_mse 8.45" in page  # a bar against another metric
     assert '<span class="badge pass">pass</span>' in page
     assert '<span class="badge fail">fail</span>' in page
-    assert "3 · gru" in page and "finetune" in page  # variants: arch, cell, mode
+    assert "3 · lstm" in page and "finetune" in page  # variants: arch, cell, mode
+    assert "embedded data" not in page  # offline runs are graded like the rest
 
 
 def test_grades_follow_rubric_lab_arch_and_dataset(runs_dir):
@@ -207,16 +223,140 @@ def test_grades_follow_rubric_lab_arch_and_dataset(runs_dir):
     assert rows[("lab1_cnn", "vgg")]["bar"] == "test_accuracy >= 0.993"
     assert rows[("lab1_cnn", "resnet")]["grade"] == "fail"
     assert rows[("lab1_cnn", "resnet")]["rubric"] == "skip-connection CNN, CIFAR-10"
-    assert rows[("lab1_cnn", "baseline")]["grade"] == "embedded"
-    assert rows[("lab1_cnn", "baseline")]["grade_note"] == report.EMBEDDED_LABEL
-    assert rows[("lab2_rnn", "3 · gru")]["grade"] == "embedded"
-    assert rows[("lab3_gan", "wgan-gp")]["grade"] == "embedded"
-    assert rows[("lab4_finetune", "finetune")]["grade"] == "pass"
-    assert rows[("lab4_finetune", "finetune")]["rubric"] == "ResNet50V2 transfer"
+    assert rows[("lab1_cnn", "baseline")]["grade"] == "pass"  # digits: 0.985 >= 0.97
+    assert rows[("lab1_cnn", "baseline")]["bar"] == "test_accuracy >= 0.97"
+    assert rows[("lab2_rnn", "3 · lstm")]["grade"] == "fail"  # 8.9 > persistence
+    assert rows[("lab2_rnn", "3 · lstm")]["bar"] == "mse < persistence_mse"
+    assert rows[("lab3_gan", "wgan-gp")]["grade"] == "pass"
+    assert rows[("lab4_finetune", "resnet50v2 · finetune")]["grade"] == "pass"
     assert rows[("lab9_extra", "mlp")]["grade"] == "n/a"
+    assert rows[("lab1_cnn", "vgg")]["headline"] == "test_accuracy"
+    assert rows[("lab2_rnn", "3 · lstm")]["headline"] == "mse"
 
 
-def test_quick_runs_and_unmatched_archs_are_not_graded(tmp_path):
+# One fake run per offline command of every lab: (lab, arch, dataset, extra args,
+# figures that meet the bar). Each must be graded pass, and fail when its first
+# figure is made a hundred times worse: every lab, arch family and dataset the
+# workbook ships has a bar.
+OFFLINE = [
+    (
+        "lab0_basics",
+        "cosine",
+        "cosine",
+        {},
+        {"test_mse_inside": 3e-5, "test_mse_outside": 1.4},
+    ),
+    ("lab0_basics", "sobel", "sample_images", {}, {"kernel_error": 0.01}),
+    ("lab1_cnn", "baseline", "digits", {}, {"test_accuracy": 0.99}),
+    ("lab1_cnn", "resnet", "digits", {"augment": "basic"}, {"test_accuracy": 0.99}),
+    ("lab1_cnn", "mlp", "digits", {}, {"test_accuracy": 0.97}),
+    (
+        "lab2_rnn",
+        "3",
+        "weather",
+        {"cell": "lstm"},
+        {"mse": 7.2, "persistence_mse": 8.45},
+    ),
+    ("lab2_rnn", "1", "weather", {"cell": "simple"}, {"mse": 8.2}),
+    ("lab2_rnn", "3", "adding", {"cell": "gru"}, {"mse": 0.0003}),
+    (
+        "lab2_rnn",
+        "3",
+        "adding",
+        {"cell": "simple"},
+        {"mse": 0.15, "baseline_mse": 0.172},
+    ),
+    ("lab2_rnn", "3", "digits", {"cell": "lstm"}, {"test_accuracy": 0.92}),
+    ("lab3_gan", "mlp", "ring", {}, {"modes_covered": 6}),
+    ("lab3_gan", "wgan-gp", "ring", {}, {"modes_covered": 8}),
+    ("lab3_gan", "dcgan", "digits", {}, {"frechet_distance": 12.8}),
+    ("lab3_gan", "mlp", "digits", {}, {"frechet_distance": 38.8}),
+    ("lab3_gan", "wgan-gp", "digits", {}, {"frechet_distance": 8.7}),
+    (
+        "lab4_finetune",
+        "resnet50v2",
+        "digits",
+        {"mode": "finetune"},
+        {"test_accuracy": 0.47},
+    ),
+    ("lab6_unet", "unet", "scenes", {}, {"mean_iou": 0.87, "pixel_accuracy": 0.96}),
+    (
+        "lab6_unet",
+        "no-skip",
+        "scenes",
+        {},
+        {"mean_iou": 0.68, "pixel_accuracy": 0.85, "majority_baseline": 0.65},
+    ),
+    ("lab7_autoencoder", "conv", "digits", {}, {"test_accuracy": 0.955}),
+    ("lab7_autoencoder", "dense", "digits", {}, {"test_accuracy": 0.95}),
+    (
+        "lab9_studies",
+        "models",
+        "digits",
+        {"compare": True},
+        {"test_accuracy": 0.99, "best_variant": "resnet"},
+    ),
+]
+
+
+def worse(figures):
+    first, value = next(iter(figures.items()))
+    factor = 100 if "mse" in first or "error" in first or "distance" in first else 0.01
+    return {**figures, first: value * factor}
+
+
+@pytest.mark.parametrize("make_worse", [False, True], ids=["meets", "misses"])
+def test_every_offline_lab_command_is_graded(tmp_path, make_worse):
+    root = tmp_path / "runs"
+    for index, (lab, arch, dataset, args, figures) in enumerate(OFFLINE):
+        figures = worse(figures) if make_worse else figures
+        make_run(
+            root,
+            lab,
+            arch,
+            dataset,
+            completed(**figures),
+            args=args,
+            folder=root / lab / f"run{index}",
+            plots=(),
+        )
+    rows = read_csv(report.main([str(root)])["csv"])
+
+    assert len(rows) == len(OFFLINE)
+    wanted = "fail" if make_worse else "pass"
+    assert {row["folder"]: row["grade"] for row in rows} == {
+        row["folder"]: wanted for row in rows
+    }, [(row["folder"], row["grade_note"]) for row in rows if row["grade"] != wanted]
+
+
+def test_every_rule_says_where_its_number_came_from():
+    data = rubric.load()
+    ids = [rule["id"] for rule in data["rules"]]
+
+    assert len(ids) == len(set(ids))
+    for rule in data["rules"]:
+        assert rule["kind"] in ("course", "workbook"), rule["id"]
+        assert len(rule.get("source", "")) > 20, rule["id"]
+        if rule["kind"] == "workbook":
+            measured = "README results" in rule["source"]
+            assert measured or rule.get("provisional"), rule["id"]
+            assert measured or "provisional" in rule["source"], rule["id"]
+    assert set(data["labs"]) == {
+        "lab0_basics",
+        "lab1_cnn",
+        "lab2_rnn",
+        "lab3_gan",
+        "lab4_finetune",
+        "lab5_text",
+        "lab6_unet",
+        "lab7_autoencoder",
+        "lab8_detection",
+        "lab9_studies",
+    }
+    assert all(spec["columns"] for spec in data["labs"].values())
+
+
+def test_quick_runs_are_labelled_and_unfinished_runs_incomplete(tmp_path):
     root = tmp_path / "runs"
     make_run(
         root,
@@ -227,55 +367,283 @@ def test_quick_runs_and_unmatched_archs_are_not_graded(tmp_path):
         args={"quick": True},
     )
     make_run(
-        root, "lab1_cnn", "transfer", "folder:/data/dogs", completed(test_accuracy=0.91)
+        root,
+        "lab1_cnn",
+        "baseline",
+        "digits",
+        {**completed(test_accuracy=0.4), "status": "interrupted"},
     )
+    make_run(root, "lab3_gan", "wgan-gp", "ring", {**completed(), "status": "diverged"})
+    make_run(root, "lab6_unet", "unet", "scenes", None)  # no metrics.json
     make_run(
         root,
         "lab4_finetune",
-        "default",
+        "resnet50v2",
         "tf_flowers",
         completed(test_accuracy=0.6),
         args={"mode": "scratch"},
     )
-    rows = {row["arch"]: row for row in read_csv(report.main([str(root)])["csv"])}
+    rows = by_lab_arch(read_csv(report.main([str(root)])["csv"]))
 
-    assert rows["vgg"]["grade"] == "n/a"
-    assert rows["vgg"]["grade_note"] == report.QUICK_LABEL
-    assert rows["transfer"]["grade"] == "fail"  # dog-breed folder, 0.91 < 0.93
-    assert rows["transfer"]["bar"] == "test_accuracy >= 0.93"
-    assert rows["scratch"]["grade"] == "n/a"  # no bar for training from scratch
+    assert rows[("lab1_cnn", "vgg")]["grade"] == "quick"
+    assert rows[("lab1_cnn", "vgg")]["grade_note"] == rubric.QUICK_LABEL
+    assert rows[("lab1_cnn", "baseline")]["grade"] == "incomplete"
+    assert "status interrupted" in rows[("lab1_cnn", "baseline")]["grade_note"]
+    assert rows[("lab3_gan", "wgan-gp")]["grade"] == "incomplete"
+    assert rows[("lab6_unet", "unet")]["grade"] == "incomplete"
+    assert rows[("lab6_unet", "unet")]["status"] == "incomplete"
+    assert rows[("lab4_finetune", "resnet50v2 · scratch")]["grade"] == "n/a"
 
 
-def test_plots_are_embedded_and_page_is_self_contained(runs_dir):
+# ------------------------------------------------------------- tamper evidence
+def test_metrics_that_agree_with_the_run_files_pass(runs_dir):
+    page = report.main([str(runs_dir)])["index"].read_text()
+    section = page.split('id="run-1"')[1].split("</section>")[0]
+
+    assert "test_accuracy 0.9950 recomputed from predictions.npz (200 test " in section
+    assert "best_epoch 8 agrees with history.csv" in section
+    assert "disagrees" not in section
+
+
+def test_a_tampered_accuracy_is_flagged(tmp_path):
+    root = tmp_path / "runs"
+    make_run(
+        root,
+        "lab1_cnn",
+        "baseline",
+        "digits",
+        completed(test_accuracy=0.99),
+        predictions=predictions_with_accuracy(180),
+    )  # really 0.90
+    row = read_csv(report.main([str(root)])["csv"])[0]
+
+    assert row["grade"] == "flagged"
+    assert "predictions.npz gives 0.9000" in row["grade_note"]
+    assert "DISAGREES" in row["evidence"]
+
+
+def test_a_tampered_best_epoch_or_epoch_count_is_flagged(tmp_path):
+    root = tmp_path / "runs"
+    run = make_run(
+        root, "lab1_cnn", "baseline", "digits", completed(test_accuracy=0.99)
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "best_epoch": 3}))
+    row = read_csv(report.main([str(root)])["csv"])[0]
+    assert row["grade"] == "flagged"
+    assert "lower val_loss later, 0.1375 at epoch 8" in row["grade_note"]
+
+    (run / "metrics.json").write_text(json.dumps({**metrics, "epochs_run": 30}))
+    row = read_csv(report.main([str(root)])["csv"])[0]
+    assert row["grade"] == "flagged"
+    assert "history.csv has 10 epochs" in row["grade_note"]
+
+
+def make_comparison(root, best_accuracy=0.99, recorded=None):
+    """Lab 9's models study: a parent run holding two variant sub-runs."""
+    parent = root / "lab9_studies" / "20261124-020000-models-digits"
+    recorded = best_accuracy if recorded is None else recorded
+    make_run(
+        root,
+        "lab9_studies",
+        "models",
+        "digits",
+        {
+            **completed(test_accuracy=recorded, best_variant="cnn"),
+            "cnn_test_accuracy": recorded,
+            "fc_test_accuracy": 0.95,
+        },
+        args={"compare": True, "study": "models"},
+        folder=parent,
+    )
+    make_run(
+        root,
+        "lab9_studies",
+        "cnn",
+        "digits",
+        completed(test_accuracy=best_accuracy),
+        folder=parent / "cnn",
+    )
+    make_run(
+        root,
+        "lab9_studies",
+        "fc",
+        "digits",
+        completed(test_accuracy=0.95),
+        folder=parent / "fc",
+        started="2026-11-24T02:10:00",
+    )
+    return parent
+
+
+def test_a_comparison_is_graded_by_its_best_variant_and_checked_against_it(
+    tmp_path,
+):
+    root = tmp_path / "runs"
+    make_comparison(root)
+    rubric_file = tmp_path / "rubric.json"
+    rubric_file.write_text(
+        json.dumps(
+            {
+                "labs": {
+                    "lab9_studies": {"title": "Lab 9", "columns": ["test_accuracy"]}
+                },
+                "rules": [
+                    {
+                        "lab": "lab9_studies",
+                        "arch": ["models", "cnn"],
+                        "dataset": "digits",
+                        "metric": "test_accuracy",
+                        "threshold": 0.985,
+                    }
+                ],
+            }
+        )
+    )
+    rows = read_csv(report.main([str(root), "--rubric", str(rubric_file)])["csv"])
+    grades = {row["arch"]: (row["grade"], row["variant_of"]) for row in rows}
+
+    assert grades == {
+        "models": ("pass", ""),
+        "cnn": ("pass", "1"),
+        "fc": ("variant", "1"),
+    }
+    assert "3 figure(s) agree with the variants' own" in rows[0]["evidence"]
+
+    shutil.rmtree(root)
+    make_comparison(root, best_accuracy=0.97, recorded=0.99)  # edited parent
+    rows = read_csv(report.main([str(root), "--rubric", str(rubric_file)])["csv"])
+    assert rows[0]["grade"] == "flagged"
+    assert "cnn_test_accuracy 0.99 vs cnn's 0.97" in rows[0]["grade_note"]
+    assert rows[1]["grade"] == "fail"  # the variant's own 0.97 < 0.985
+
+
+# ------------------------------------------------------------------- --check
+def check(root, capsys, *extra):
+    code = report.cli(["--check", str(root), *extra])
+    return code, capsys.readouterr().out
+
+
+def table_row(output, lab):
+    return next(line.split() for line in output.splitlines() if line.startswith(lab))
+
+
+def test_check_passes_when_every_required_lab_passes(tmp_path, capsys):
+    root = tmp_path / "runs"
+    make_run(root, "lab1_cnn", "baseline", "digits", completed(test_accuracy=0.96))
+    make_run(
+        root,
+        "lab1_cnn",
+        "baseline",
+        "digits",
+        completed(test_accuracy=0.99),
+        started="2026-11-24T05:00:00",
+    )
+    make_run(root, "lab3_gan", "wgan-gp", "ring", completed(modes_covered=8))
+    code, output = check(root, capsys, "--require", "1,lab3_gan")
+
+    assert code == 0
+    assert output.splitlines()[-1] == (
+        "check: passed, every required lab has a passing run"
+    )
+    row = table_row(output, "lab1_cnn")
+    assert row[:4] == ["lab1_cnn", "yes", "pass", "#2"]  # the better of the two
+    assert "0.99" in row and ">=" in row and "0.97" in row
+    assert table_row(output, "lab3_gan")[:3] == ["lab3_gan", "yes", "pass"]
+    assert not (root / "index.html").exists()  # --check writes nothing
+
+
+def test_check_fails_on_a_failing_or_missing_lab(tmp_path, capsys):
+    root = tmp_path / "runs"
+    make_run(root, "lab1_cnn", "baseline", "digits", completed(test_accuracy=0.90))
+    make_run(
+        root, "lab2_rnn", "3", "adding", completed(mse=0.001), args={"quick": True}
+    )
+    code, output = check(root, capsys, "--require", "0,1,2")
+
+    assert code == 1
+    assert table_row(output, "lab1_cnn")[:3] == ["lab1_cnn", "yes", "fail"]
+    assert "0.9 < 0.97" in output
+    assert table_row(output, "lab0_basics")[:3] == ["lab0_basics", "yes", "missing"]
+    assert table_row(output, "lab2_rnn")[:3] == ["lab2_rnn", "yes", "missing"]
+    assert "only 1 --quick run" in output
+    assert output.splitlines()[-1] == (
+        "check: FAILED, 3 required lab(s) missing or not passing: "
+        "lab0_basics, lab1_cnn, lab2_rnn"
+    )
+
+
+def test_check_with_the_rubric_requires_every_lab(tmp_path, capsys):
+    root = tmp_path / "runs"
+    make_run(root, "lab1_cnn", "baseline", "digits", completed(test_accuracy=0.99))
+    code, output = check(root, capsys)
+
+    assert code == 1
+    assert table_row(output, "lab1_cnn")[2] == "pass"
+    lines = output.splitlines()[1:-1]
+    missing = [line.split()[0] for line in lines if " missing " in line]
+    assert len(missing) == 9 and "lab1_cnn" not in missing
+
+
+def test_check_fails_on_a_tampered_run(tmp_path, capsys):
+    root = tmp_path / "runs"
+    make_run(
+        root,
+        "lab1_cnn",
+        "baseline",
+        "digits",
+        completed(test_accuracy=0.99),
+        predictions=predictions_with_accuracy(150),
+    )
+    code, output = check(root, capsys, "--require", "1")
+
+    assert code == 1
+    assert table_row(output, "lab1_cnn")[:3] == ["lab1_cnn", "yes", "flagged"]
+    assert "predictions.npz gives 0.7500" in output
+
+
+# --------------------------------------------------------- page and rubric file
+def test_plots_are_embedded_once_and_thumbnails_copy_them(runs_dir):
     page = report.main([str(runs_dir)])["index"].read_text()
 
     pngs = sorted(runs_dir.rglob("plots/*.png"))
-    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    images = re.findall(
+        r'<img id="plot-[\d-]+" src="data:image/png;base64,([^"]+)"', page
+    )
     assert len(images) == len(pngs) == 9
     first = runs_dir.glob("lab1_cnn/*-vgg-mnist/plots/learning_curves.png")
     assert base64.b64encode(next(first).read_bytes()).decode() in images
+    thumbs = re.findall(r'<img class="thumb" data-copy="(plot-[\d-]+)"', page)
+    assert len(thumbs) == 9 and all(f'id="{t}"' in page for t in thumbs)
     assert not re.search(r'(src|href)="(https?:)?//', page)  # no network
     assert "<link" not in page and 'src="plots/' not in page
     assert "<details><summary>config.json</summary>" in page
 
 
-def test_summary_table_is_sortable(runs_dir):
+def test_labs_summary_and_per_lab_tables(runs_dir):
     page = report.main([str(runs_dir)])["index"].read_text()
+    labs = page.split('id="labs"')[1].split("</table>")[0]
 
-    assert '<table id="summary" class="grid sortable">' in page
-    headers = re.findall(r'<th data-key="(\w+)"', page.split('id="rubric"')[0])
-    assert headers[:6] == ["run", "lab", "arch", "dataset", "status", "grade"]
-    assert {
-        "test_accuracy",
-        "macro_f1",
+    results = dict(
+        re.findall(r'<tr data-result="([^"]+)"><td>(?:<a[^>]*>)?([^<]+)', labs)[i][::-1]
+        for i in range(11)
+    )
+    assert results["Lab 1 CNN"] == "pass" and results["Lab 2 RNN"] == "fail"
+    assert results["Lab 5 text"] == "missing" and results["lab9_extra"] == "no bar"
+    assert "3 runs, 3 graded, best passes" in labs
+    lab1 = page.split('id="runs-lab1_cnn"')[1].split("</table>")[0]
+    headers = re.findall(r'<th data-key="(\w+)"', lab1)
+    assert headers[:5] == ["run", "grade", "arch", "dataset", "status"]
+    assert headers[5:8] == ["test_accuracy", "macro_f1", "test_loss"]
+    assert headers[-1] == "plots"
+    assert 'data-sort="0.995" class="num headline">0.995</td>' in lab1
+    lab2 = page.split('id="runs-lab2_rnn"')[1].split("</table>")[0]
+    assert re.findall(r'<th data-key="(\w+)"', lab2)[5:8] == [
         "mse",
-        "modes_covered",
-        "train_seconds",
-        "started",
-    } <= set(headers)
+        "persistence_mse",
+        "baseline_mse",
+    ]
     assert 'addEventListener("click"' in page and "sortBy(" in page
-    # numeric cells carry a raw value to sort by, not the formatted text
-    assert 'data-sort="0.9951" class="num">0.9951</td>' in page
     assert 'data-sort="95.5" class="num">1m 36s</td>' in page
 
 
@@ -324,7 +692,8 @@ def test_csv_export_for_a_gradebook(runs_dir, tmp_path):
     ]
     assert {row["student"] for row in rows} == {"Ada"}
     vgg = by_lab_arch(rows)[("lab1_cnn", "vgg")]
-    assert float(vgg["test_accuracy"]) == 0.9951
+    assert float(vgg["test_accuracy"]) == 0.995
+    assert float(vgg["headline_value"]) == 0.995
     assert float(vgg["train_seconds"]) == 95.5
     assert vgg["params"] == "123456"
     assert vgg["started"] == "2026-11-24 02:00:00"
@@ -360,8 +729,7 @@ def test_broken_and_unfinished_runs_are_listed_not_fatal(tmp_path):
     statuses = sorted(row["status"] for row in rows)
     assert statuses == ["completed", "completed", "incomplete", "unknown", "unknown"]
     baseline = by_lab_arch(rows)[("lab1_cnn", "baseline")]
-    assert baseline["grade"] == "fail"  # graded against MNIST CNN, but no figure
-    assert "has no test_accuracy (status incomplete)" in baseline["grade_note"]
+    assert baseline["grade"] == "incomplete"
     assert baseline["epochs"] == "2"  # counted from history.csv
     assert "no metrics.json: the run did not finish" in page
     assert "metrics.json is not valid JSON" in page
@@ -373,8 +741,8 @@ def test_broken_and_unfinished_runs_are_listed_not_fatal(tmp_path):
 
 
 def test_custom_rubric_file(runs_dir, tmp_path):
-    rubric = tmp_path / "rubric.json"
-    rubric.write_text(
+    rubric_file = tmp_path / "rubric.json"
+    rubric_file.write_text(
         json.dumps(
             {
                 "rules": [
@@ -382,11 +750,10 @@ def test_custom_rubric_file(runs_dir, tmp_path):
                         "title": "any mnist run",
                         "lab": "lab9_*",
                         "dataset": "mnist",
-                        "metric": "test_accuracy",
-                        "op": ">=",
-                        "threshold": 0.4,
+                        "checks": [{"metric": "test_accuracy", "threshold": 0.4}],
+                        "source": "an instructor's own bar",
                     },
-                    {
+                    {  # the older one-bar form
                         "title": "low cifar loss",
                         "lab": "lab1_cnn",
                         "dataset": ["cifar*"],
@@ -399,16 +766,22 @@ def test_custom_rubric_file(runs_dir, tmp_path):
         )
     )
     rows = by_lab_arch(
-        read_csv(report.main([str(runs_dir), "--rubric", str(rubric)])["csv"])
+        read_csv(report.main([str(runs_dir), "--rubric", str(rubric_file)])["csv"])
     )
 
     assert rows[("lab9_extra", "mlp")]["grade"] == "pass"
     assert rows[("lab1_cnn", "resnet")]["grade"] == "fail"  # no test_loss
+    assert "metrics.json has no test_loss" in rows[("lab1_cnn", "resnet")]["grade_note"]
     assert rows[("lab1_cnn", "vgg")]["grade"] == "n/a"  # built-in bars replaced
 
-    rubric.write_text(json.dumps([{"title": "x", "metric": "mse", "threshold": "low"}]))
+    rubric_file.write_text(
+        json.dumps([{"title": "x", "metric": "mse", "threshold": "low"}])
+    )
     with pytest.raises(report.ReportError, match="numeric"):
-        report.main([str(runs_dir), "--rubric", str(rubric)])
+        report.main([str(runs_dir), "--rubric", str(rubric_file)])
+    rubric_file.write_text("{not json")
+    with pytest.raises(report.ReportError, match="cannot be read"):
+        report.main([str(runs_dir), "--rubric", str(rubric_file)])
 
 
 def test_missing_or_empty_runs_dir_is_a_clear_error(tmp_path, capsys):
@@ -421,6 +794,8 @@ def test_missing_or_empty_runs_dir_is_a_clear_error(tmp_path, capsys):
     assert report.cli([str(tmp_path / "empty")]) == 1
     assert "no runs found" in capsys.readouterr().err
     assert not (tmp_path / "empty" / "index.html").exists()
+    assert report.cli(["--check", str(tmp_path / "empty"), "--require", "1"]) == 1
+    assert "lab1_cnn" in capsys.readouterr().out  # a student with no runs: missing
 
     with pytest.raises(SystemExit) as usage:
         report.main(["--no-such-option"])
@@ -442,6 +817,10 @@ def test_command_line_exit_codes_and_no_heavy_imports(runs_dir, tmp_path):
     assert done.stdout.strip().splitlines()[-1] == (
         f"report: {runs_dir / 'index.html'}"
     )
+    checked = run("-m", "labs.report", "--check", str(runs_dir), "--require", "1,3")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    checked = run("-m", "labs.report", "--check", str(runs_dir), "--require", "2")
+    assert checked.returncode == 1 and "check: FAILED" in checked.stdout
     missing = run("-m", "labs.report", str(tmp_path / "nowhere"))
     assert missing.returncode == 1
     assert "Traceback" not in missing.stderr and "error:" in missing.stderr
@@ -495,7 +874,7 @@ def test_page_renders_in_headless_chromium(runs_dir, tmp_path):
 
     binary = chromium_or_skip()
     index = report.main([str(runs_dir), "--student", "Ada"])["index"].resolve()
-    shot = tmp_path / "shot.png"
+    shot, phone = tmp_path / "shot.png", tmp_path / "phone.png"
 
     done = chromium(binary, tmp_path, f"--screenshot={shot}", index.as_uri())
     assert shot.exists(), done.stderr[-2000:]
@@ -508,20 +887,34 @@ def test_page_renders_in_headless_chromium(runs_dir, tmp_path):
     green = sum(count for count, (r, g, b) in colours if g > r + 40 and g > b + 20)
     red = sum(count for count, (r, g, b) in colours if r > g + 60 and r > b + 60)
     assert green > 50 and red > 50  # pass and fail badges are coloured
+    yellow = sum(
+        count for count, (r, g, b) in colours if r > 240 and g > 230 and b < 215
+    )
+    assert yellow > 200  # the graded figures' highlighted cells
+
+    chromium(
+        binary,
+        tmp_path,
+        f"--screenshot={phone}",
+        "--window-size=390,2000",
+        index.as_uri(),
+    )
+    narrow = Image.open(phone).convert("RGB")
+    assert narrow.size == (390, 2000)
+    assert len(narrow.getcolors(maxcolors=1 << 20)) > 100
 
     # The DOM after the script ran, sorted by test accuracy, descending (#sort=-key).
     dom = chromium(
         binary, tmp_path, "--dump-dom", index.as_uri() + "#sort=-test_accuracy"
     ).stdout
     assert dom.count('class="run-row"') == 7
-    assert 'aria-sort="descending"' in dom
-    summary = dom.split('id="summary"')[1].split("</table>")[0]
-    column = re.findall(r'<th data-key="(\w+)"', summary).index("test_accuracy")
-    rows = re.findall(r'<tr class="run-row".*?</tr>', summary, flags=re.S)
+    thumbs = re.findall(r'<img class="thumb" data-copy="[^"]+"[^>]*>', dom)
+    assert len(thumbs) == 9 and all('src="data:image/png;base64,' in t for t in thumbs)
+    lab1 = dom.split('id="runs-lab1_cnn"')[1].split("</table>")[0]
+    assert 'aria-sort="descending"' in lab1
+    column = re.findall(r'<th data-key="(\w+)"', lab1).index("test_accuracy")
+    rows = re.findall(r'<tr class="run-row".*?</tr>', lab1, flags=re.S)
     cells = [
         re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)[column] for row in rows
     ]
-    accuracies = [float(cell) for cell in cells if cell]
-    assert accuracies == sorted(accuracies, reverse=True)
-    assert accuracies[0] == 0.9951 and len(accuracies) == 5
-    assert cells[5:] == ["", ""]  # runs without the metric sort last
+    assert [float(cell) for cell in cells] == [0.995, 0.985, 0.7512]
