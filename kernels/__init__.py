@@ -17,6 +17,9 @@ Modules:
   Sobel edge filter (``SobelEdges``).
 - :mod:`kernels.attention`: additive (Bahdanau) attention pooling over time
   (``AdditiveAttentionPooling``).
+- :mod:`kernels.roi_align`: ROI-Align, a fixed-size feature grid per box by
+  bilinear sampling (``ROIAlign``), with gradients for the features and the
+  boxes; Lab 8's Faster R-CNN crops its proposals with it.
 - :mod:`kernels.warp`: a batched random affine warp for augmentation
   (``RandomAffineWarp``): one batched ``grid_sample`` call on torch.
 - :mod:`kernels.gradcheck`: a small finite-difference gradient checker.
@@ -28,10 +31,19 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-from kernels import attention, conv, gradcheck, lp_pooling, swish, warp  # noqa: E402
+from kernels import (  # noqa: E402
+    attention,
+    conv,
+    gradcheck,
+    lp_pooling,
+    roi_align,
+    swish,
+    warp,
+)
 from kernels.attention import AdditiveAttentionPooling  # noqa: E402
 from kernels.conv import SobelEdges, WSConv2D  # noqa: E402
 from kernels.lp_pooling import LPPooling2D  # noqa: E402
+from kernels.roi_align import ROIAlign  # noqa: E402
 from kernels.swish import LearnableSwish  # noqa: E402
 from kernels.warp import RandomAffineWarp  # noqa: E402
 
@@ -39,6 +51,7 @@ __all__ = [
     "AdditiveAttentionPooling",
     "LPPooling2D",
     "LearnableSwish",
+    "ROIAlign",
     "RandomAffineWarp",
     "SobelEdges",
     "WSConv2D",
@@ -46,6 +59,7 @@ __all__ = [
     "conv",
     "gradcheck",
     "lp_pooling",
+    "roi_align",
     "swish",
     "warp",
 ]
