@@ -1,68 +1,91 @@
 """Lab 1: convolutional networks, augmentation, transfer learning, model selection.
 
     python -m labs.lab1_cnn                          # baseline CNN on embedded digits
-    python -m labs.lab1_cnn --arch resnet --augment basic --activation gelu
-    python -m labs.lab1_cnn --search 8               # keras-tuner, then retrain best
-    python -m labs.lab1_cnn --dataset folder:.data/mnist/train \\
-        --test-dataset folder:.data/mnist/test       # real MNIST from PNG folders
+    python -m labs.lab1_cnn --dataset mnist          # the mnist recipe: plain CNN
+    python -m labs.lab1_cnn --dataset folder:.data/cifar10/train \\
+        --test-dataset folder:.data/cifar10/test     # the cifar10 recipe: 6+3 VGG
+    python -m labs.lab1_cnn --arch resnet --augment basic --search 8  # keras-tuner
 
 What it teaches: how a CNN is put together (convolution, BatchNorm, pooling,
-residual connections), what preprocessing does when it is shown rather than
-hidden (a Normalization layer adapted on the training images; augmentation as
-layers that are active only in training), how activations compare, how to select
-a model on the validation set with keras-tuner and touch the test set once, and
-how a frozen pretrained backbone with a new head transfers (--arch transfer).
+residual connections), preprocessing shown rather than hidden (a Normalization
+layer adapted on the training images; augmentation layers active only in
+training), how activations compare, model selection on the validation set with
+keras-tuner, and a frozen pretrained backbone with a new head (--arch transfer).
 
-Measured results (3 seeds, real MNIST and CIFAR-10 against the course bars): see
-the README's results table.
+Each kind of data has a recipe of defaults (RECIPES; any flag overrides it):
+--recipe auto takes mnist for mnist, fashion_mnist and 28x28 grey folders,
+cifar10 for cifar10 and 32x32 colour folders, small otherwise (config.json
+records it). From airbench (KellerJordan/cifar10-airbench) cifar10 takes flip
+and crop, label smoothing, a one-cycle rate, large batches and test-time flips;
+not its whitening initialisation or lookahead (not in Keras; left for length).
+Measured results on real MNIST and CIFAR-10: the README's results table.
 """
 
+import argparse
 import sys
 
 import keras
 import numpy as np
 
 from common import cli, experiment, plots, training
-from common.data import load_images
+from common.data import load_images, scan_image_folder
 
-HYPERPARAMETERS = {
-    "epochs": 30,  # maximum; EarlyStopping on val_loss usually stops sooner
-    "batch_size": 64,  # images per step
-    "learning_rate": 2e-3,  # Adam step size
-    "patience": 8,  # epochs without val_loss improvement before stopping
-    "width": 32,  # filters in the first conv stage; later stages double it
-    "dropout": 0.3,  # before the classifier
-    "activation": "relu",
+# One recipe of defaults per kind of data. Units: epochs a maximum (EarlyStopping may
+# stop sooner), batch_size images per step, learning_rate Adam's (onecycle's peak),
+# patience epochs without a better val_loss, width the first conv stage's filters
+# (later stages double it); tta: also predict the mirrored test images, average.
+RECIPE_KEYS = ("arch", "epochs", "batch_size", "learning_rate", "patience", "width")
+RECIPE_KEYS += ("dropout", "augment", "schedule", "label_smoothing", "tta")
+RECIPES = {  # small: digits (1,797 8x8 images) and any other data
+    "small": ("baseline", 30, 64, 2e-3, 8, 32, 0.3, "none", "constant", 0.0, False),
+    # course bar: 99.3 % with convolution, dense, max-pooling and ReLU only
+    "mnist": ("plain", 8, 128, 3e-3, 8, 16, 0.0, "none", "onecycle", 0.1, False),
+    # course bar: 88 % with 6 conv + 3 dense layers, BatchNorm and max-pooling
+    "cifar10": ("vgg", 24, 256, 4e-3, 24, 32, 0.2, "flipcrop", "onecycle", 0.2, True),
 }
-# Keras's default BatchNorm momentum (0.99) needs hundreds of steps before its
-# moving statistics fit; a small set gives ~20 steps an epoch, so use 0.9.
+HYPERPARAMETERS = {name: dict(zip(RECIPE_KEYS, row)) for name, row in RECIPES.items()}
+# Keras's BatchNorm momentum 0.99 needs hundreds of steps to fit; digits has ~20.
 BN_MOMENTUM = 0.9
 ACTIVATIONS = ("relu", "elu", "gelu", "swish")
-AUGMENTATIONS = ("none", "basic", "randaugment", "mixup", "cutmix")
+AUGMENTATIONS = ("none", "basic", "flipcrop", "randaugment", "mixup", "cutmix")
 SEARCHED = ("learning_rate", "width", "dropout", "activation")  # by --search
 
 
-# ----------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------
+def choose_recipe(dataset, image_size=None):
+    """--recipe auto: by the tfds name, or by a folder's first image."""
+    named = {"mnist": "mnist", "fashion_mnist": "mnist", "cifar10": "cifar10"}
+    if not dataset.startswith("folder:"):
+        return named.get(dataset, "small")
+    from PIL import Image
+
+    try:
+        with Image.open(scan_image_folder(dataset[7:])[0][0]) as image:
+            side, grey = image.size, image.mode in ("L", "1", "I", "I;16")
+    except OSError:
+        return "small"  # an unreadable first file: the loader reports it
+    known = {((28, 28), True): "mnist", ((32, 32), False): "cifar10"}
+    return known.get(((image_size,) * 2 if image_size else side, grey), "small")
+
+
+# ---- Data ---------------------------------------------------------------------
 def load_data(args):
-    splits = load_images(
-        args.dataset,
-        seed=args.seed,
-        image_size=args.image_size,
-        test_dataset=args.test_dataset,
-    )
-    if args.augment in ("mixup", "cutmix"):  # they mix labels: batches, not layers
+    options = dict(image_size=args.image_size, test_dataset=args.test_dataset)
+    splits = load_images(args.dataset, args.seed, **options)
+    if one_hot(args):  # mixing and smoothing need one-hot labels: batches
         if args.quick:
-            splits.take({"train": 256, "val": 64, "test": 128}, args.seed)
-        splits.train = MixedBatches(splits, args.batch_size, args.augment, args.seed)
+            splits.take(LAB.quick_sizes, args.seed)
+        splits.train = Batches(splits, args.batch_size, args.augment, args.seed)
         y_val = keras.utils.to_categorical(splits.y_val, splits.num_classes)
         splits.validation = (splits.x_val, y_val)
     return splits
 
 
-class MixedBatches(keras.utils.PyDataset):
-    """Shuffled one-hot batches passed through Keras's MixUp or CutMix layer."""
+def one_hot(args):
+    return args.augment in ("mixup", "cutmix") or args.label_smoothing > 0
+
+
+class Batches(keras.utils.PyDataset):
+    """Shuffled one-hot batches, mixed by Keras's MixUp or CutMix layer if asked."""
 
     def __init__(self, splits, batch_size, kind, seed):
         super().__init__()
@@ -71,32 +94,31 @@ class MixedBatches(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(self.x))
-        layer = keras.layers.MixUp if kind == "mixup" else keras.layers.CutMix
-        self.mixer = layer(seed=seed)
+        mixers = {"mixup": keras.layers.MixUp, "cutmix": keras.layers.CutMix}
+        self.mixer = mixers[kind](seed=seed) if kind in mixers else None
 
     def __len__(self):
         return int(np.ceil(len(self.x) / self.batch_size))
 
     def __getitem__(self, index):
         rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        if self.mixer is None:
+            return self.x[rows], self.y[rows]
         mixed = self.mixer({"images": self.x[rows], "labels": self.y[rows]})
-        return (
-            keras.ops.convert_to_numpy(mixed["images"]),
-            keras.ops.convert_to_numpy(mixed["labels"]),
-        )
+        return tuple(keras.ops.convert_to_numpy(mixed[key]) for key in mixed)
 
     def on_epoch_end(self):
         self.order = self.rng.permutation(len(self.x))
 
 
-# ----------------------------------------------------------------------------
-# Builders: each takes the preprocessed image tensor and returns class scores
-# ----------------------------------------------------------------------------
+# ---- Builders: from the preprocessed images to class probabilities -----------
 def conv_bn(x, filters, activation, name, size=3, strides=1):
     x = keras.layers.Conv2D(
         filters, size, strides, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    if activation is None:  # the residual block adds first
+        return x
     return keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
 
 
@@ -153,14 +175,12 @@ def build_baseline(x, num_classes, width, dropout, activation):
 
 
 def build_vgg(x, num_classes, width, dropout, activation):
-    """The course's CIFAR-10 bar: 6 conv (3 stages of 2, BatchNorm, max-pooling)
-    and 3 dense layers."""
+    """The course's CIFAR-10 bar: 6 conv (BatchNorm, max-pooling) + 3 dense."""
     for stage, filters in enumerate((width, 2 * width, 4 * width), start=1):
         x = conv_bn(x, filters, activation, f"stage{stage}a")
         x = conv_bn(x, filters, activation, f"stage{stage}b")
         x = pool(x, f"stage{stage}_pool")
-    units = (8 * width, 4 * width)
-    return dense_head(x, num_classes, units, dropout, activation, batch_norm=True)
+    return dense_head(x, num_classes, (8 * width, 4 * width), dropout, activation, True)
 
 
 def residual_block(x, filters, activation, name, downsample=False):
@@ -168,17 +188,9 @@ def residual_block(x, filters, activation, name, downsample=False):
     strides = 2 if downsample else 1
     shortcut = x
     if downsample or x.shape[-1] != filters:
-        shortcut = keras.layers.Conv2D(
-            filters, 1, strides=strides, use_bias=False, name=f"{name}_project"
-        )(x)
-        shortcut = keras.layers.BatchNormalization(
-            momentum=BN_MOMENTUM, name=f"{name}_project_bn"
-        )(shortcut)
+        shortcut = conv_bn(x, filters, None, f"{name}_project", 1, strides)
     x = conv_bn(x, filters, activation, f"{name}_1", strides=strides)
-    x = keras.layers.Conv2D(
-        filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv"
-    )(x)
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_2_bn")(x)
+    x = conv_bn(x, filters, None, f"{name}_2")
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
 
@@ -203,8 +215,7 @@ def build_alexnet(x, num_classes, width, dropout, activation):
     for index, filters in enumerate((12 * width, 8 * width, 8 * width), start=3):
         x = conv_bn(x, filters, activation, f"conv{index}")
     x = pool(x, "pool5", size=3)
-    units = (32 * width, 32 * width)
-    return dense_head(x, num_classes, units, max(dropout, 0.5), activation)
+    return dense_head(x, num_classes, (32 * width,) * 2, max(dropout, 0.5), activation)
 
 
 ARCHITECTURES = {
@@ -220,24 +231,37 @@ ARCHITECTURES = {
 
 def build_augmentation(kind, input_shape, seed):
     """The in-model augmentation layer for ``kind`` (active in training only)."""
-    if kind == "basic":
-        from kernels.warp import RandomAffineWarp
+    from kernels.warp import RandomAffineWarp
 
+    if kind in ("basic", "flipcrop"):  # flipcrop: airbench's mirror and shift by
+        basic, shift = kind == "basic", 0.1 if kind == "basic" else 0.125  # 4 of 32
         return RandomAffineWarp(
-            rotation_factor=0.04,
-            zoom_height_factor=0.1,
-            translation_height_factor=0.1,
-            translation_width_factor=0.1,
-            flip_mode="horizontal" if input_shape[-1] == 3 else None,
-            fill_mode="constant",
+            rotation_factor=0.04 * basic,
+            zoom_height_factor=0.1 * basic,
+            translation_height_factor=shift,
+            translation_width_factor=shift,
+            flip_mode="horizontal" if input_shape[-1] == 3 else None,  # not digits
+            fill_mode="constant" if basic else "reflect",  # flipcrop: as pad-crop,
+            interpolation="bilinear" if basic else "nearest",  # whole pixels
             seed=seed,
-            name="augment_basic",
+            name=f"augment_{kind}",
         )
     if kind == "randaugment":
         return keras.layers.RandAugment(
             value_range=(0, 1), num_ops=2, factor=0.3, seed=seed, name="randaugment"
         )
     return None
+
+
+def learning_rate(args, splits, peak):
+    """constant, or onecycle: a linear warm-up to ``peak``, then a cosine decay."""
+    if args.schedule == "constant":
+        return peak
+    steps = args.epochs * -(-len(splits.x_train) // args.batch_size)  # ceil
+    warmup = int(0.2 * steps)  # a fifth of the steps up, the rest down
+    return keras.optimizers.schedules.CosineDecay(
+        peak / 10, steps - warmup, alpha=0.01, warmup_target=peak, warmup_steps=warmup
+    )
 
 
 def build_model(args, splits, hyper=None):
@@ -257,26 +281,20 @@ def build_model(args, splits, hyper=None):
     else:
         normalization = keras.layers.Normalization(axis=-1, name="standardize")
         normalization.adapt(splits.x_train)
-        outputs = ARCHITECTURES[args.arch](
-            normalization(x),
-            splits.num_classes,
-            hyper["width"],
-            hyper["dropout"],
-            hyper["activation"],
-        )
+        settings = [hyper[key] for key in ("width", "dropout", "activation")]
+        build = ARCHITECTURES[args.arch]
+        outputs = build(normalization(x), splits.num_classes, *settings)
     model = keras.Model(inputs, outputs, name=args.arch.replace("-", "_"))
-    mixed = splits.train is not None
-    model.compile(
-        optimizer=keras.optimizers.Adam(hyper["learning_rate"]),
-        loss="categorical_crossentropy" if mixed else "sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    loss = "sparse_categorical_crossentropy"
+    if one_hot(args):
+        smoothing = args.label_smoothing
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+    rate = learning_rate(args, splits, hyper["learning_rate"])
+    model.compile(keras.optimizers.Adam(rate), loss, metrics=["accuracy"])
     return model
 
 
-# ----------------------------------------------------------------------------
-# Model selection: keras-tuner on the validation set, before the real run
-# ----------------------------------------------------------------------------
+# ---- Model selection: keras-tuner on the validation set, before the run -------
 def search(args, splits, run):
     """keras-tuner RandomSearch; the best settings replace the flags' values."""
     import keras_tuner
@@ -313,10 +331,8 @@ def search(args, splits, run):
         for t in tuner.oracle.get_best_trials(num_trials=args.search)
     ]
     run.write_json("search_trials.json", trials)
-    run.add_section(
-        "Model selection (keras-tuner, validation set)",
-        experiment.markdown_table(trials),
-    )
+    table = experiment.markdown_table(trials)
+    run.add_section("Model selection (keras-tuner, validation set)", table)
     plots.scatter_groups(
         trials,
         "learning_rate",
@@ -332,41 +348,40 @@ def search(args, splits, run):
     vars(args).update(best)
 
 
-# ----------------------------------------------------------------------------
-# Evaluation and plots
-# ----------------------------------------------------------------------------
+# ---- Evaluation and plots -----------------------------------------------------
 def augmentation_gallery(args, splits, path):
     """plots/augmentation.png: originals in the first row, augmented copies below."""
-    originals, labels = splits.x_train[:8], splits.y_train[:8]
-    rows = [originals]
-    captions = [f"original {splits.class_names[label]}" for label in labels]
+    originals, labels, names = (
+        splits.x_train[:8],
+        splits.y_train[:8],
+        splits.class_names,
+    )
+    rows, captions = [originals], [f"original {names[label]}" for label in labels]
     layer = build_augmentation(args.augment, splits.input_shape, args.seed)
     for repeat in range(3):
         if layer is None:  # MixUp / CutMix: the caption gives the mixed labels
-            images, soft = MixedBatches(splits, 64, args.augment, args.seed + repeat)[0]
+            images, soft = Batches(splits, 64, args.augment, args.seed + repeat)[0]
             images, top = images[:8], np.argsort(soft[:8], axis=1)[:, ::-1]
             captions += [
-                f"{row[a]:.2f} {splits.class_names[a]} + {row[b]:.2f} "
-                f"{splits.class_names[b]}"
+                f"{row[a]:.2f} {names[a]} + {row[b]:.2f} {names[b]}"
                 for row, (a, b) in zip(soft, top[:, :2])
             ]
         else:
             images = keras.ops.convert_to_numpy(layer(originals, training=True))
             captions += [f"{args.augment} #{repeat + 1}"] * len(originals)
         rows.append(images)
-    plots.image_grid(
-        np.concatenate(rows),
-        captions,
-        path,
-        f"Augmentation '{args.augment}': originals (top row) and augmented copies",
-        columns=len(originals),
-    )
+    title = f"Augmentation '{args.augment}': originals (top row) and augmented copies"
+    plots.image_grid(np.concatenate(rows), captions, path, title, columns=8)
 
 
 def evaluate(model, splits, run, args):
     title = experiment.default_title(LAB, args)
+    scores = model.predict(splits.x_test, batch_size=256, verbose=0)
+    if args.tta:  # airbench's test-time augmentation: the mirrored image too
+        mirrored = np.ascontiguousarray(splits.x_test[:, :, ::-1])
+        scores = (scores + model.predict(mirrored, batch_size=256, verbose=0)) / 2
     figures, predictions, report = training.evaluate_classifier(
-        model, run, splits.x_test, splits.y_test, splits.class_names, title
+        scores, run, splits.x_test, splits.y_test, splits.class_names, title
     )
     training.misclassified_grid(
         run, splits.x_test, splits.y_test, predictions, splits.class_names, title
@@ -381,56 +396,44 @@ def evaluate(model, splits, run, args):
     }
 
 
-# ----------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------
+# ---- Command line: a flag left out takes its value from the recipe ------------
 def add_arguments(parser):
-    parser.add_argument(
-        "--activation", choices=ACTIVATIONS, default=HYPERPARAMETERS["activation"]
-    )
-    parser.add_argument("--augment", choices=AUGMENTATIONS, default="none")
-    parser.add_argument(
-        "--width",
-        type=cli.positive_int,
-        default=HYPERPARAMETERS["width"],
-        help="filters in the first conv stage",
-    )
-    parser.add_argument(
-        "--dropout", type=cli.fraction, default=HYPERPARAMETERS["dropout"]
-    )
-    parser.add_argument(
-        "--search",
-        type=cli.non_negative_int,
-        default=0,
-        metavar="N",
-        help="keras-tuner random search of N trials, then retrain the best",
-    )
-    parser.add_argument(
-        "--weights",
-        default="auto",
-        help="--arch transfer: imagenet, none, auto or a weights PATH",
-    )
-    parser.add_argument(
-        "--image-size",
-        type=cli.positive_int,
-        default=None,
-        help="folder:PATH only: resize images to this square size",
-    )
+    add = parser.add_argument
+    add("--recipe", choices=("auto", *RECIPES), default="auto", help="defaults set")
+    add("--activation", choices=ACTIVATIONS, default="relu")
+    add("--augment", choices=AUGMENTATIONS)
+    add("--width", type=cli.positive_int, help="filters in the first conv stage")
+    add("--dropout", type=cli.fraction)
+    add("--schedule", choices=("constant", "onecycle"), help="learning rate")
+    add("--label-smoothing", type=cli.fraction)
+    add("--tta", action=argparse.BooleanOptionalAction, help="test-time flip")
+    add("--search", type=cli.non_negative_int, default=0, help="keras-tuner trials")
+    add("--weights", default="auto", help="transfer: imagenet, none, auto or PATH")
+    add("--image-size", type=cli.positive_int, help="folder: resize to this square")
+
+
+def check_arguments(args, parser):
+    """Fill every flag left out from the recipe (auto: chosen by the data)."""
+    if args.recipe == "auto":
+        args.recipe = choose_recipe(args.dataset, args.image_size)
+    for key, value in HYPERPARAMETERS[args.recipe].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 LAB = experiment.Lab(
     name="lab1_cnn",
     description="Lab 1: CNNs with augmentation, transfer learning and model selection.",
-    hyperparameters=HYPERPARAMETERS,
+    hyperparameters=dict.fromkeys(RECIPE_KEYS[1:5]),  # from the recipe
     architectures=ARCHITECTURES,
-    default_arch="baseline",
-    datasets="digits (embedded), mnist, fashion_mnist, cifar10 (tfds), npz:PATH or "
-    "folder:PATH",
+    default_arch=None,  # the recipe's
+    datasets="digits, mnist, fashion_mnist, cifar10 (tfds), npz:PATH or folder:PATH",
     default_dataset="digits",
     load_data=load_data,
     build=build_model,
     evaluate=evaluate,
     add_arguments=add_arguments,
+    check_arguments=check_arguments,
     prepare=lambda args, splits, run: args.search and search(args, splits, run),
     title=lambda args: (
         f"Lab 1 {args.arch} ({args.activation}, augment "

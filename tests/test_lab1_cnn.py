@@ -1,4 +1,5 @@
-"""Lab 1: smoke runs of every arch and augmentation, search, own data, bad input."""
+"""Lab 1: smoke runs of every arch and augmentation, the per-dataset recipes, tfds
+(mocked) and folder data, search, own data, bad input."""
 
 import json
 import subprocess
@@ -45,13 +46,134 @@ def check_run(out, metrics, epochs=2):
     assert {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(history[0])
 
 
-@pytest.mark.parametrize("arch", ["mlp", "plain", "baseline", "vgg", "resnet"])
+@pytest.mark.parametrize(
+    "arch", ["mlp", "plain", "baseline", "vgg", "resnet", "alexnet"]
+)
 def test_quick_run_per_arch(tmp_path, arch):
-    out, metrics = run_lab(tmp_path, "--arch", arch)
+    out, metrics = run_lab(tmp_path, "--arch", arch, "--width", "8")
     check_run(out, metrics)
     config = json.loads((out / "config.json").read_text())
     assert config["arch"] == arch and config["data"]["embedded"]
+    assert config["args"]["recipe"] == "small"
     assert config["keras_fixes"] == "installed"  # the runner installs them on torch
+
+
+def layer_kinds(model):
+    return {type(layer).__name__ for layer in model.layers}
+
+
+def test_archs_are_what_the_course_bars_state():
+    inputs = keras.Input((32, 32, 3))
+    plain = keras.Model(inputs, lab1_cnn.build_plain(inputs, 10, 8, 0.5, "relu"))
+    assert layer_kinds(plain) == {
+        "InputLayer",
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+    }
+    activations = [
+        layer.activation.__name__
+        for layer in plain.layers
+        if hasattr(layer, "activation")
+    ]
+    assert activations == ["relu"] * (len(activations) - 1) + ["softmax"]
+    vgg = keras.Model(inputs, lab1_cnn.build_vgg(inputs, 10, 8, 0.2, "relu"))
+    kinds = [type(layer).__name__ for layer in vgg.layers]
+    assert kinds.count("Conv2D") == 6 and kinds.count("Dense") == 3
+    assert kinds.count("MaxPooling2D") == 3 and "BatchNormalization" in kinds
+    alexnet = keras.Model(inputs, lab1_cnn.build_alexnet(inputs, 10, 8, 0.2, "relu"))
+    kinds = [type(layer).__name__ for layer in alexnet.layers]
+    assert kinds.count("Conv2D") == 5 and kinds.count("Dense") == 3
+    assert all(
+        layer.rate >= 0.5
+        for layer in alexnet.layers
+        if isinstance(layer, keras.layers.Dropout)
+    )
+    pools = [
+        layer
+        for layer in alexnet.layers
+        if isinstance(layer, keras.layers.MaxPooling2D)
+    ]
+    assert all(pool.pool_size == (3, 3) and pool.strides == (2, 2) for pool in pools)
+
+
+# --- recipes: per-dataset defaults, every flag overriding its entry ----------------
+def parse(*flags):
+    return experiment.parse_args(lab1_cnn.LAB, list(flags))
+
+
+def test_recipes_by_dataset_name_and_flags_override_them():
+    digits, mnist, cifar = (
+        parse(),
+        parse("--dataset", "mnist"),
+        parse("--dataset", "cifar10"),
+    )
+    assert (digits.recipe, digits.arch, digits.schedule) == (
+        "small",
+        "baseline",
+        "constant",
+    )
+    assert (mnist.recipe, mnist.arch, mnist.schedule) == ("mnist", "plain", "onecycle")
+    assert mnist.label_smoothing > 0 and not mnist.tta and mnist.augment == "none"
+    assert (cifar.recipe, cifar.arch, cifar.augment) == ("cifar10", "vgg", "flipcrop")
+    assert cifar.tta and cifar.label_smoothing > 0
+    mine = parse(
+        "--dataset", "cifar10", "--arch", "resnet", "--epochs", "3", "--no-tta"
+    )
+    assert (mine.arch, mine.epochs, mine.tta, mine.batch_size) == (
+        "resnet",
+        3,
+        False,
+        cifar.batch_size,
+    )
+    forced = parse("--dataset", "cifar10", "--recipe", "small")
+    assert (forced.recipe, forced.arch, forced.epochs) == ("small", "baseline", 30)
+    assert parse("--dataset", "mnist", "--quick").epochs == 2
+
+
+@pytest.mark.parametrize(
+    "mode, size, flags, recipe",
+    [
+        ("L", 28, (), "mnist"),
+        ("RGB", 32, (), "cifar10"),
+        ("RGB", 24, (), "small"),
+        ("RGB", 24, ("--image-size", "32"), "cifar10"),
+        ("L", 8, (), "small"),
+    ],
+)
+def test_folder_recipe_follows_the_image_shape(tmp_path, mode, size, flags, recipe):
+    root = make_image_folder(tmp_path / "images", mode=mode, size=size, per_class=1)
+    assert parse("--dataset", f"folder:{root}", *flags).recipe == recipe
+
+
+def test_onecycle_rises_to_the_peak_then_decays(tmp_path):
+    args = parse("--dataset", "mnist", "--epochs", "5", "--batch-size", "10")
+    splits = type("Splits", (), {"x_train": np.zeros((100, 2))})()
+    schedule = lab1_cnn.learning_rate(args, splits, 1e-2)
+    rates = [float(schedule(step)) for step in range(0, 51)]
+    peak = int(np.argmax(rates))
+    assert peak == 10 and rates[peak] == pytest.approx(1e-2)
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] < 2e-4
+    assert all(a <= b for a, b in zip(rates[:peak], rates[1 : peak + 1]))
+    assert all(a >= b for a, b in zip(rates[peak:-1], rates[peak + 1 :]))
+    args.schedule = "constant"
+    assert lab1_cnn.learning_rate(args, splits, 1e-2) == 1e-2
+
+
+@pytest.mark.parametrize(
+    "name, shape", [("mnist", [28, 28, 1]), ("cifar10", [32, 32, 3])]
+)
+def test_tfds_sets_under_mock_data_train_with_their_recipe(tmp_path, name, shape):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=60):
+        out, metrics = run_lab(
+            tmp_path, "--dataset", name, "--epochs", "1", "--width", "8"
+        )
+    check_run(out, metrics, epochs=1)
+    config = json.loads((out / "config.json").read_text())
+    assert config["args"]["recipe"] == name and config["data"]["input_shape"] == shape
+    assert config["data"]["source"] == f"tensorflow-datasets {name}"
 
 
 def test_quick_transfer_runs_offline_with_a_notice(tmp_path, capsys):
@@ -212,6 +334,61 @@ def test_bad_npz_data_is_named_and_never_trains(tmp_path, capsys, case, words):
     assert code == 1 and words in message, message
     assert "allow_pickle" not in message and "Traceback" not in message
     assert not (tmp_path / "r").exists()
+
+
+def test_cifar_shaped_folders_with_a_separate_test_folder(tmp_path):
+    classes = ("cat", "dog", "fox")
+    train = make_image_folder(tmp_path / "tr", "RGB", 32, per_class=12, classes=classes)
+    test = make_image_folder(tmp_path / "te", "RGB", 32, per_class=4, classes=classes)
+    out, metrics = run_lab(
+        tmp_path,
+        *("--dataset", f"folder:{train}", "--test-dataset", f"folder:{test}"),
+        *("--epochs", "1", "--width", "8"),
+    )
+    check_run(out, metrics, epochs=1)
+    config = json.loads((out / "config.json").read_text())
+    chosen = [config["args"][key] for key in ("recipe", "arch", "tta")]
+    assert chosen == ["cifar10", "vgg", True]
+    assert config["data"]["num_test"] == 12
+    assert (out / "plots" / "augmentation.png").is_file()  # flipcrop's gallery
+    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    assert any(layer.name == "augment_flipcrop" for layer in model.layers)
+
+
+def test_thousands_of_images_are_decoded_once_then_train_from_arrays(
+    tmp_path, monkeypatch
+):
+    from PIL import Image
+
+    from common import data
+
+    monkeypatch.setenv("WORKBOOK_CACHE", str(tmp_path / "cache"))
+    root = make_image_folder(tmp_path / "many", size=8, per_class=1000, classes="abc")
+    decoded = []
+    original = data._decode
+    monkeypatch.setattr(
+        data, "_decode", lambda file: decoded.append(1) or original(file)
+    )
+    first = lab1_cnn.load_data(parse("--dataset", f"folder:{root}"))
+    assert len(decoded) == 3000  # each file once, in common.data's thread pool
+    assert isinstance(first.x_train, np.ndarray) and first.x_train.shape[1:] == (
+        8,
+        8,
+        1,
+    )
+
+    def no_file_reads(*args, **kwargs):
+        raise AssertionError("an image file was opened after the first load")
+
+    monkeypatch.setattr(data, "_decode", no_file_reads)
+    monkeypatch.setattr(Image, "open", no_file_reads)
+    argv = ["--dataset", f"folder:{root}", "--recipe", "small", "--epochs", "1"]
+    metrics = lab1_cnn.main(
+        [*argv, "--width", "8", "--batch-size", "256", "--out", str(tmp_path / "r")]
+    )
+    assert metrics["status"] == "completed" and metrics["epochs_run"] == 1
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["data"]["num_train"] + saved["data"]["num_val"] == 2400
 
 
 def test_separate_test_folder(tmp_path):
