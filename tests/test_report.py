@@ -190,8 +190,7 @@ def by_lab_arch(rows):
 
 
 def grades_of(root, *extra):
-    rows = read_csv(report.main([str(root), *extra])["csv"])
-    return {(row["lab"], row["arch"], row["dataset"]): row for row in rows}
+    return read_csv(report.main([str(root), *extra])["csv"])
 
 
 def test_page_lists_every_run_with_its_grade(runs_dir, capsys):
@@ -296,6 +295,10 @@ OFFLINE = [
         {"compare": True},
         {"test_accuracy": 0.99, "best_variant": "resnet"},
     ),
+    ("lab9_studies", "fc", "digits", {"study": "models"}, {"test_accuracy": 0.97}),
+    ("lab9_studies", "kernels", "digits", {"compare": True}, {"test_accuracy": 0.99}),
+    ("lab9_studies", "depth", "digits", {"compare": True}, {"test_accuracy": 0.97}),
+    ("lab9_studies", "blocks", "digits", {"compare": True}, {"test_accuracy": 0.99}),
 ]
 
 
@@ -518,6 +521,42 @@ def test_a_comparison_is_graded_by_its_best_variant_and_checked_against_it(
     assert rows[1]["grade"] == "fail"  # the variant's own 0.97 < 0.985
 
 
+def test_a_tampered_detection_map_is_flagged(tmp_path):
+    pytest.importorskip("common.detection")  # lab 8's own mAP evaluation
+    root = tmp_path / "runs"
+    bar = tmp_path / "bar.json"
+    bar.write_text(json.dumps([{"lab": "lab8_*", "metric": "map50", "threshold": 0.3}]))
+    box = np.array([[[2.0, 2.0, 12.0, 12.0]]], "float32")  # one image, one box
+    for name, recorded in (("honest", 1.0), ("edited", 0.5)):
+        run = make_run(
+            root,
+            "lab8_detection",
+            "retinanet",
+            "shapes",
+            completed(map50=recorded),
+            folder=root / name,
+        )
+        np.savez(
+            run / "detections.npz",
+            pred_boxes=box,
+            pred_scores=np.array([[0.9]], "float32"),
+            pred_classes=np.array([[0]], "int32"),
+            true_boxes=box,
+            true_classes=np.array([[0]], "int32"),
+            true_difficult=np.array([[False]]),
+            class_names=np.array(["square"]),
+        )
+    rows = {row["folder"]: row for row in grades_of(root, "--rubric", str(bar))}
+
+    assert rows["honest"]["grade"] == "pass"
+    assert (
+        "map50 1.0000 recomputed from detections.npz agrees"
+        in (rows["honest"]["evidence"])
+    )
+    assert rows["edited"]["grade"] == "flagged"
+    assert "detections.npz gives 1.0000" in rows["edited"]["grade_note"]
+
+
 # ------------------------------------------------------------------- --check
 def check(root, capsys, *extra):
     code = report.cli(["--check", str(root), *extra])
@@ -571,6 +610,11 @@ def test_check_fails_on_a_failing_or_missing_lab(tmp_path, capsys):
         "check: FAILED, 3 required lab(s) missing or not passing: "
         "lab0_basics, lab1_cnn, lab2_rnn"
     )
+
+    assert report.cli(["--check", str(root), "--require", "1,lab12"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: --require names 'lab12', which is no lab")
+    assert "Traceback" not in error
 
 
 def test_check_with_the_rubric_requires_every_lab(tmp_path, capsys):
