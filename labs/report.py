@@ -476,8 +476,7 @@ def grade_run(run, rules):
 
 
 def grade_runs(runs, rules):
-    # variants first: a comparison's check reads its variants' grades' rules
-    for run in sorted(runs, key=lambda r: -len(r.path.parts)):
+    for run in runs:
         grade_run(run, rules)
 
 
@@ -511,7 +510,7 @@ def _names_lab(item, name):
     return item == name or name.startswith(item + "_")
 
 
-def lab_summary(runs, spec):
+def lab_summary(runs):
     """(best run or None, result, sentence) for one lab's runs."""
     top = [run for run in runs if run.parent is None]
     best = None
@@ -878,7 +877,7 @@ def _labs_table(by_lab, specs):
     rows = []
     for lab, spec in specs.items():
         runs = by_lab.get(lab, [])
-        best, result, sentence = lab_summary(runs, spec)
+        best, result, sentence = lab_summary(runs)
         title = spec.get("title") or lab
         link = f'<a href="#lab-{_key(lab)}">{_esc(title)}</a>' if runs else _esc(title)
         if best is None:
@@ -1158,7 +1157,7 @@ def render_page(runs, the_rubric, specs, runs_dir, html_dir, student):
     for lab, spec in specs.items():
         if lab not in by_lab:
             continue
-        _, result, sentence = lab_summary(by_lab[lab], spec)
+        _, result, sentence = lab_summary(by_lab[lab])
         columns = _lab_columns(by_lab[lab], spec)
         sections.append(
             f'<h3 class="lab" id="lab-{_key(lab)}">{_esc(spec.get("title") or lab)}'
@@ -1252,7 +1251,7 @@ def check_table(runs, specs):
     header = ("lab", "required", "result", "best run", "its figures vs the bar", "runs")
     rows, failing = [], []
     for lab, spec in specs.items():
-        best, result, sentence = lab_summary(by_lab.get(lab, []), spec)
+        best, result, sentence = lab_summary(by_lab.get(lab, []))
         required = bool(spec.get("required"))
         if required and result != "pass":
             failing.append(lab)
