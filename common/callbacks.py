@@ -3,6 +3,7 @@
 ``HistoryRecorder`` writes history.csv and history.json after every epoch (so an
 interrupted run keeps its rows) and draws learning_curves.png at the end of
 training, or when :meth:`HistoryRecorder.plot` is called after an interrupt.
+``GradientNorms`` records the loss gradient of every layer's kernel each epoch.
 """
 
 import contextlib
@@ -15,8 +16,10 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from common import plots
+from common.gradients import value_and_gradients
 from common.runs import atomic_write_json, atomic_write_text
 
 
@@ -157,3 +160,78 @@ class InterruptSafeBackup(keras.callbacks.BackupAndRestore):
     def on_epoch_end(self, epoch, logs=None):
         with sigint_deferred():
             super().on_epoch_end(epoch, logs)
+
+
+class GradientNorms(keras.callbacks.Callback):
+    """The loss gradient of every layer's kernel (conv, dense), on a fixed probe
+    batch, at initialization and after each epoch: its root mean square per
+    weight, which unlike the norm compares layers of different sizes.
+
+    Keras's ``fit`` keeps its gradients to itself, so this takes them once more
+    through :mod:`common.gradients` (one small function per backend). Writes
+    ``path`` after every epoch as {"layers": [names], "sizes": [weights per
+    kernel], "rms": [[per layer] per epoch, initialization first]}; at the end of
+    training it draws them at ``plot`` as a layer by epoch heatmap.
+
+    Args:
+        images, labels: the probe batch (a few hundred training examples).
+        path: the JSON file to write.
+        plot, title: the heatmap's PNG file (None: no heatmap) and title.
+        loss: ``loss(labels, predictions)``; default the compiled model's loss.
+    """
+
+    def __init__(self, images, labels, path, plot=None, title="", loss=None):
+        super().__init__()
+        self.images, self.labels, self.path = images, labels, path
+        self.plot, self.title, self.loss = plot, title, loss
+        self.layers, self.rms = [], []
+
+    def on_train_begin(self, logs=None):
+        self.layers = [layer for layer in self.model.layers if hasattr(layer, "kernel")]
+        self.rms = []
+        self.on_epoch_end(-1)  # the gradients at initialization
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = keras.losses.get(self.loss or self.model.loss)
+
+        def probe_loss():
+            predictions = self.model(self.images, training=False)
+            return keras.ops.mean(loss(self.labels, predictions))
+
+        kernels = [layer.kernel for layer in self.layers]
+        _, gradients = value_and_gradients(probe_loss, kernels)
+        squares = [keras.ops.mean(gradient * gradient) for gradient in gradients]
+        self.rms.append(
+            [float(np.sqrt(keras.ops.convert_to_numpy(s))) for s in squares]
+        )
+        atomic_write_json(self.path, self.record())
+
+    def on_train_end(self, logs=None):
+        if self.plot:
+            gradient_heatmaps({self.model.name: self.record()}, self.plot, self.title)
+
+    def record(self):
+        return {
+            "layers": [layer.name for layer in self.layers],
+            "sizes": [int(np.prod(layer.kernel.shape)) for layer in self.layers],
+            "rms": self.rms,
+        }
+
+
+def gradient_summary(record):
+    """Two figures of a GradientNorms record: the RMS gradient per weight over
+    all kernels before training, and the largest global norm of any epoch."""
+    sizes, squares = np.asarray(record["sizes"]), np.square(record["rms"])
+    return {
+        "init_gradient_rms": float(squares[0] @ sizes / sizes.sum()) ** 0.5,
+        "max_gradient_norm": float(np.sqrt(squares @ sizes).max()),
+    }
+
+
+def gradient_heatmaps(records, path, title):
+    """GradientNorms records ({name: record}) side by side on one colour scale."""
+    panels = {
+        name: (record["layers"], record["rms"]) for name, record in records.items()
+    }
+    label = "RMS loss gradient per kernel weight"
+    return plots.layer_heatmaps(panels, path, title, label)

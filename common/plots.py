@@ -4,6 +4,7 @@ Figures are saved at 120 dpi and closed at once; nothing is ever shown on screen
 """
 
 import math
+import textwrap
 
 import matplotlib
 
@@ -272,4 +273,59 @@ def predicted_vs_true(truth, predicted, path, title, unit):
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
+    return save(figure, path)
+
+
+def layer_heatmaps(panels, path, title, label, log=True):
+    """Side-by-side heatmaps of a per-layer quantity over training, on one colour
+    scale: ``panels`` is {name: (layer names, values of shape (epochs, layers))},
+    drawn layer (first at the top) by epoch (0 = before training), log10 by
+    default. Lab 9 draws gradient norms with it (common.callbacks.GradientNorms)."""
+    grids = [np.asarray(values, dtype=float).T for _, values in panels.values()]
+    if log:
+        grids = [np.log10(np.maximum(grid, 1e-12)) for grid in grids]
+    size = (3.4 * len(grids) + 2.5, 0.22 * max(len(grid) for grid in grids) + 2.8)
+    figure, axes = plt.subplots(
+        1, len(grids), figsize=size, squeeze=False, layout="constrained"
+    )
+    low, high = min(map(np.min, grids)), max(map(np.max, grids))
+    for axis, (name, (layers, _)), grid in zip(axes[0], panels.items(), grids):
+        image = axis.imshow(grid, aspect="auto", cmap="magma", vmin=low, vmax=high)
+        axis.set_yticks(range(len(layers)), layers, fontsize=7)
+        axis.set_xticks(range(0, grid.shape[1], 1 + grid.shape[1] // 12))
+        axis.set(xlabel="epoch (0 = before training)", ylabel="layer (input first)")
+        axis.set_title(name)
+    colorbar = f"log10 {label}" if log else label
+    figure.colorbar(image, ax=list(axes[0]), label=colorbar)
+    figure.suptitle(textwrap.fill(title, int(10 * size[0])), fontsize=10)
+    figure.savefig(path, dpi=DPI)  # constrained layout: one colour bar for all panels
+    plt.close(figure)
+    return path
+
+
+def feature_maps(image, rows, path, title, channels=8):
+    """One image and, a row each, the first ``channels`` planes of named (H, W, C)
+    arrays: a network's feature maps at several depths, or its filters. Rows
+    whose name starts with "filter" are drawn red (+) / blue (-) around 0; feature
+    maps get a colour scale each. ``rows`` is [(name, array)]."""
+    size = (1.3 * (channels + 1), 1.3 * len(rows) + 1.0)
+    figure, axes = plt.subplots(len(rows), channels + 1, figsize=size, squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    image = np.asarray(image)
+    axes[0][0].imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+    axes[0][0].set_title("input", fontsize=8)
+    for row, (name, planes) in enumerate(rows):
+        if row:
+            axes[row][0].text(0.5, 0.5, name, ha="center", va="center", fontsize=8)
+        for channel in range(min(channels, planes.shape[-1])):
+            plane, axis = planes[..., channel], axes[row][channel + 1]
+            if name.startswith("filter"):
+                limit = float(np.abs(plane).max()) or 1.0
+                axis.imshow(plane, cmap="RdBu_r", vmin=-limit, vmax=limit)
+            else:
+                axis.imshow(plane, cmap="viridis")
+            axis.set_title(f"{name} {channel}", fontsize=7)
+    title += " (feature maps: each on its own colour scale, yellow high)"
+    figure.suptitle(textwrap.fill(title, int(12 * size[0])), fontsize=10)
     return save(figure, path)
