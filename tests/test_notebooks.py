@@ -1,0 +1,117 @@
+"""Every lab has a notebook; each notebook's .ipynb matches its py:percent source
+(jupytext pairs; the .py is the source of truth), and runs headless from top to
+bottom in its quick setting, with the model summary and the plots in its outputs.
+
+The kernel is this interpreter (the venv's python), from a kernel spec written to
+a temporary folder: nothing is registered with Jupyter, and a ``python3`` kernel
+spec elsewhere on the machine cannot stand in for it.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+LABS = sorted(path.stem for path in (ROOT / "labs").glob("lab[0-9]*_*.py"))
+SOURCES = sorted(path.stem for path in NOTEBOOKS.glob("lab[0-9]*_*.py"))
+CELL_TIMEOUT = 600  # seconds; a quick notebook takes well under a minute
+
+
+def cells(notebook):
+    return [(cell.cell_type, cell.source.strip()) for cell in notebook.cells]
+
+
+def test_every_lab_has_a_notebook_pair():
+    assert LABS, "no lab modules found"
+    for name in LABS:
+        assert (NOTEBOOKS / f"{name}.py").is_file(), f"notebooks/{name}.py is missing"
+        assert (NOTEBOOKS / f"{name}.ipynb").is_file(), (
+            f"notebooks/{name}.ipynb is missing: run "
+            f"`.venv/bin/jupytext --sync notebooks/{name}.py`"
+        )
+    orphans = {path.stem for path in NOTEBOOKS.glob("*.ipynb")} - set(SOURCES)
+    assert not orphans, f"notebooks without a py:percent source: {sorted(orphans)}"
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_notebook_pair_in_sync(name):
+    """The .ipynb holds the .py's cells, in order, and no outputs (they are made
+    by running it, not committed)."""
+    source = jupytext.read(NOTEBOOKS / f"{name}.py")
+    paired = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    assert cells(paired) == cells(source), (
+        f"notebooks/{name}.ipynb differs from notebooks/{name}.py: run "
+        f"`.venv/bin/jupytext --sync notebooks/{name}.py`"
+    )
+    formats = paired.metadata.get("jupytext", {}).get("formats", "")
+    assert "py:percent" in formats, f"{name}.ipynb is not paired with py:percent"
+    with_outputs = [
+        index
+        for index, cell in enumerate(paired.cells)
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count)
+    ]
+    assert not with_outputs, f"{name}.ipynb has outputs in cells {with_outputs}"
+
+
+def venv_kernel(folder):
+    """A KernelManager for this interpreter, from a kernel spec in ``folder``."""
+    spec = folder / "kernels" / "workbook"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    kernel = {"argv": argv, "display_name": "workbook", "language": "python"}
+    (spec / "kernel.json").write_text(json.dumps(kernel))
+    specs = KernelSpecManager(
+        kernel_dirs=[str(folder / "kernels")], ensure_native_kernel=False
+    )
+    return KernelManager(kernel_name="workbook", kernel_spec_manager=specs)
+
+
+def outputs_of(notebook):
+    return [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    ]
+
+
+def text_of(output):
+    return output.get("text", "") + output.get("data", {}).get("text/plain", "")
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_notebook_runs(name, tmp_path):
+    """Run every cell in a fresh kernel (cwd notebooks/, as Jupyter opens it); any
+    error cell fails the test. Runs go to a temporary folder, not runs/."""
+    notebook = jupytext.read(NOTEBOOKS / f"{name}.py")
+    environment = {**os.environ, "WORKBOOK_RUNS": str(tmp_path / "runs")}
+    environment.pop(
+        "MPLBACKEND", None
+    )  # the kernel's own inline backend, as in Jupyter
+    environment.pop("KERAS_BACKEND", None)  # the notebook sets it
+    client = NotebookClient(
+        notebook,
+        km=venv_kernel(tmp_path),
+        timeout=CELL_TIMEOUT,
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    )
+    client.execute(env=environment)
+    outputs = outputs_of(notebook)
+    assert not [output for output in outputs if output.output_type == "error"]
+    text = "".join(text_of(output) for output in outputs)
+    assert "Total params" in text, "no model.summary() in the outputs"
+    assert "run: " in text, "the lab's run did not finish (no `run:` line)"
+    images = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert images, "no plot shown inline"
+    runs = list((tmp_path / "runs").glob("*/*/metrics.json"))
+    assert runs, "no run folder with metrics.json under WORKBOOK_RUNS"
+    (tmp_path / f"{name}.ipynb").write_text(nbformat.writes(notebook))
