@@ -690,7 +690,9 @@ table.grid { width: 100%; border: 1px solid var(--line); font-size: 12.5px; }
 .grid tbody tr:nth-child(even) { background: #f9fafb; }
 .grid tbody tr:hover { background: #f1f6fd; }
 .grid td.num, .grid th.num { text-align: right; font-variant-numeric: tabular-nums; }
-.grid td.wrap { white-space: normal; min-width: 220px; }
+.grid td.wrap { white-space: normal; min-width: 150px; }
+.grid td.rule { min-width: 300px; max-width: 640px; }
+.grid td .detail { display: block; }
 .grid td.headline { background: #fff6cc; font-weight: 600; }
 tr.sub td:nth-child(2) { padding-left: 18px; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px;
@@ -1017,18 +1019,21 @@ def _rubric_table(runs, rules):
             if rule.get(k)
         )
         kind = rule.get("kind", "course") + (
-            " (provisional)" if rule.get("provisional") else ""
+            ", provisional" if rule.get("provisional") else ""
         )
         rows.append(
-            f"<tr><td>{_esc(rule['title'])}</td><td>{_esc(kind)}</td>"
-            f'<td class="wrap">{_esc(scope)}</td><td>{_esc(rubric.bar_text(rule))}</td>'
-            f"<td>{result}</td><td>{detail}</td>"
-            f'<td class="wrap small">{_esc(rule.get("source", ""))}</td></tr>'
+            f'<tr><td class="wrap rule"><strong>{_esc(rule["title"])}</strong> '
+            f'<span class="small">({_esc(kind)})</span><span class="detail small">'
+            f"{_esc(rule.get('source', ''))}</span></td>"
+            f'<td class="wrap">{_esc(scope)}</td>'
+            f'<td class="wrap">{_esc(rubric.bar_text(rule))}</td>'
+            f"<td>{result}</td><td>{detail}</td></tr>"
         )
     return (
-        '<div class="scroll"><table id="rubric" class="grid"><thead><tr><th>bar</th>'
-        "<th>kind</th><th>applies to (lab · arch · dataset)</th><th>check</th>"
-        "<th>result</th><th>best run</th><th>where the number came from</th></tr>"
+        '<div class="scroll"><table id="rubric" class="grid"><thead><tr>'
+        "<th>bar, and where its number came from</th>"
+        "<th>applies to (lab · arch · dataset)</th><th>check</th>"
+        "<th>result</th><th>best run</th></tr>"
         "</thead><tbody>" + "".join(rows) + "</tbody></table></div>"
     )
 
