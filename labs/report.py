@@ -34,8 +34,10 @@ metrics.json that disagrees.
 ``--check`` prints, per lab, the best run against its bar (pass / fail / missing)
 and exits 1 if a required lab is missing or not passing, so a student knows before
 submitting. This module reads files only: it imports no lab and no Keras, so it
-starts at once. The last line printed is ``report: <path to index.html>``; exit code
-1 with one paragraph when RUNS_DIR is missing or holds no runs, 2 on a usage error.
+starts at once (only a report holding a lab 8 run imports common.detection, and
+Keras with it, to recompute the mAP). The last line printed is ``report: <path to
+index.html>``; exit code 1 with one paragraph when RUNS_DIR is missing or holds no
+runs, 2 on a usage error.
 """
 
 import argparse
