@@ -5,22 +5,23 @@ coordinates: a box covering pixel columns 3 to 9 is ``x1 = 3, x2 = 10``. A set o
 images comes as padded arrays: ``boxes`` (N, M, 4) float32 and ``classes`` (N, M)
 int32, where class ``-1`` (and box ``-1``) marks padding; ``difficult`` (N, M)
 bool marks Pascal VOC's "difficult" objects, which the metric neither counts nor
-penalises. Box encoding (anchor deltas) and IoU on tensors come from
-``keras.utils.bounding_boxes``; anchors, matching and NMS from keras-hub.
+penalises. Anchors, the RetinaNet's matching and NMS come from keras-hub.
 
 1. **Mean average precision** (own code: neither Keras nor keras-hub has one):
    :func:`evaluate_detections`, VOC's AP per class at an IoU threshold (every
    point of the precision envelope, as VOC 2010+; or COCO's 101 recall points,
    which the tests check against pycocotools) and their mean, mAP.
-2. **Data**, as {"train" | "val" | "test": (images, boxes, classes, difficult)}:
+2. **Box coding** on tensors for the Faster R-CNN's losses: anchor deltas
+   (``keras.utils.bounding_boxes``), smooth L1, matching boxes by IoU.
+3. **Data**, as {"train" | "val" | "test": (images, boxes, classes, difficult)}:
    :func:`make_shapes`, the generated set (circles, squares, triangles and
    crosses of different sizes on cluttered backgrounds), deterministic from the
    seed; :func:`read_voc_folder`, a Pascal VOC folder checked on load;
    :func:`load_voc_tfds`, ``voc/2007`` through tensorflow-datasets;
    :func:`to_splits` and :func:`stream` hand them to Keras.
-3. **Shared by the detectors**: the ResNet backbone, the anchor size, batched
+4. **Shared by the detectors**: the ResNet backbone, the anchor size, batched
    inference (:func:`detect`), its timing, and the validation-mAP callback.
-4. **Plots**: detections drawn on images, precision-recall curves, mAP per epoch.
+5. **Plots**: detections drawn on images, precision-recall curves, mAP per epoch.
 """
 
 import json
@@ -176,7 +177,57 @@ def save_detections(path, predictions, truths, class_names):
 
 
 # ----------------------------------------------------------------------------
-# 2. Data: the generated set
+# 2. Box coding and matching on tensors (keras.ops; Faster R-CNN's losses)
+# ----------------------------------------------------------------------------
+BOX_VARIANCE = [0.1, 0.1, 0.2, 0.2]  # box deltas are divided by these
+
+
+def encode(anchors, boxes):
+    """The deltas that move ``anchors`` onto ``boxes`` (centre shift over the
+    anchor's side, log of the side ratio, each over ``BOX_VARIANCE``)."""
+    return keras.utils.bounding_boxes.encode_box_to_deltas(
+        anchors, boxes, "xyxy", "xyxy", "center_xywh", BOX_VARIANCE
+    )
+
+
+def decode(anchors, deltas, image_size):
+    """The boxes that ``deltas`` make of ``anchors``, clipped to the image."""
+    deltas = keras.ops.clip(deltas, -20.0, 20.0)
+    boxes = keras.utils.bounding_boxes.decode_deltas_to_boxes(
+        anchors, deltas, "xyxy", "xyxy", "center_xywh", BOX_VARIANCE
+    )
+    return keras.ops.clip(boxes, 0.0, float(image_size))
+
+
+def smooth_l1(difference):
+    """Smooth L1 (Huber with delta 1) summed over the last axis."""
+    absolute = keras.ops.abs(difference)
+    quadratic = keras.ops.where(absolute < 1.0, 0.5 * difference**2, absolute - 0.5)
+    return keras.ops.sum(quadratic, axis=-1)
+
+
+def gather_rows(boxes, index, count):
+    """boxes (B, M, 4) at index (B, R) -> (B, R, 4), through a one-hot product."""
+    return keras.ops.einsum("brm,bmk->brk", keras.ops.one_hot(index, count), boxes)
+
+
+def match(boxes, truth_boxes, truth_valid):
+    """IoU of each box, (R, 4) or (B, R, 4), with each true box (B, M, 4):
+    (iou, the best true box's index, its IoU); -1 where an image has none."""
+    iou = keras.utils.bounding_boxes.compute_iou(boxes, truth_boxes, "xyxy")
+    iou = keras.ops.where(truth_valid[:, None, :], iou, -1.0)
+    return iou, keras.ops.argmax(iou, axis=-1), keras.ops.max(iou, axis=-1)
+
+
+def masked_mean(values, mask):
+    """Mean of ``values`` where ``mask`` holds (0 when it holds nowhere)."""
+    mask = keras.ops.cast(mask, values.dtype)
+    total = keras.ops.sum(keras.ops.where(mask > 0, values, 0.0))
+    return total / keras.ops.maximum(keras.ops.sum(mask), 1.0)
+
+
+# ----------------------------------------------------------------------------
+# 3. Data: the generated set
 # ----------------------------------------------------------------------------
 def _shape_mask(kind, centre_x, centre_y, size, xs, ys):
     dx, dy, half = xs - centre_x, ys - centre_y, size / 2
@@ -276,7 +327,7 @@ def shapes_parts(train, evaluation, image_size, seed):
 
 
 # ----------------------------------------------------------------------------
-# 2. Data: Pascal VOC folders and voc/2007
+# 3. Data: Pascal VOC folders and voc/2007
 # ----------------------------------------------------------------------------
 def _padded(rows, width, fill, dtype):
     """A list of per-image lists as one (N, max(length, 1)[, width]) array."""
@@ -587,7 +638,7 @@ def stream(images, y, batch_size, seed=None):
 
 
 # ----------------------------------------------------------------------------
-# 3. Shared by the detectors
+# 4. Shared by the detectors
 # ----------------------------------------------------------------------------
 def resnet_encoder(image_size, weights="auto"):
     """keras-hub's ResNet for both detectors: ImageNet ResNet-18 from the
@@ -704,13 +755,14 @@ class ValidationMAP(keras.callbacks.Callback):
 
 
 # ----------------------------------------------------------------------------
-# 4. Plots
+# 5. Plots
 # ----------------------------------------------------------------------------
 def detection_grid(
     images, predictions, truths, class_names, path, title, threshold=0.5
 ):
     """Images with their true boxes (dashed white) and the predicted boxes scoring
-    at least ``threshold`` (solid, coloured by class, with the score)."""
+    at least ``threshold`` (solid, coloured by class, with the score); the
+    predictions and truths may cover more images than ``images`` shows."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
@@ -804,3 +856,42 @@ def validation_map_plot(run_path, baseline, title):
         "mAP at IoU 0.5 (0 to 1)",
         markers=[(baseline, "mean-box baseline (test)")],
     )
+
+
+def comparison_plot(rows, path, title):
+    """``--compare``: mAP and AP per class of every detector as grouped bars on
+    one 0-to-1 axis, and their seconds per epoch and ms per image beside it.
+    ``rows`` is {detector: {"mAP@0.5": x, "AP <class>": x, ..., "s per epoch":
+    x, "ms per image": x}}."""
+    import matplotlib.pyplot as plt
+
+    groups = [
+        ["mAP@0.5"] + [k for k in next(iter(rows.values())) if k.startswith("AP ")],
+        ["s per epoch", "ms per image"],
+    ]
+    figure, axes = plt.subplots(
+        1,
+        2,
+        figsize=(4 + 0.9 * len(groups[0]), 4.2),
+        width_ratios=(len(groups[0]), 2.5),
+    )
+    width = 0.8 / len(rows)
+    for axis, keys in zip(axes, groups):
+        for index, (name, row) in enumerate(rows.items()):
+            where = np.arange(len(keys)) + (index - (len(rows) - 1) / 2) * width
+            bars = axis.bar(
+                where, [float(row[k] or 0) for k in keys], width, label=name
+            )
+            axis.bar_label(bars, fmt="%.3g", fontsize=7)
+        axis.set_xticks(np.arange(len(keys)), [k.replace("AP ", "") for k in keys])
+        axis.grid(axis="y", alpha=0.3)
+        axis.margins(y=0.15)
+    axes[0].set(
+        ylim=(0, 1.05),
+        ylabel="average precision at IoU 0.5 (0 to 1)",
+        title="mAP and AP per class (test set)",
+    )
+    axes[1].set(ylabel="seconds (per epoch) or ms (per image)", title="time")
+    axes[0].legend()
+    figure.suptitle(title)
+    return plots.save(figure, path)

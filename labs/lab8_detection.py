@@ -15,8 +15,9 @@ here, is two: a region proposal network scores anchors as object or not, the bes
 proposals are cut out of the feature map with ROI-Align (kernels/roi_align.py,
 hand-written gradient) and a second head classifies and refines each. Both are
 scored the Pascal VOC way, AP per class at IoU 0.5 and their mean (mAP), against
-a detector that puts each class's mean box on every image. Measured results: the
-README's results table (lab 8 rows).
+a detector that puts each class's mean box on every image. Both detectors train,
+evaluate and save on PyTorch (default), TensorFlow and JAX (the tests run both on
+each). Measured results: the README's results table (lab 8 rows).
 """
 
 import json
@@ -27,6 +28,7 @@ import numpy as np
 from keras import ops
 
 from common import cli, detection, experiment
+from common.detection import decode, encode, gather_rows, masked_mean, match, smooth_l1
 from kernels.roi_align import ROIAlign
 
 HYPERPARAMETERS = {
@@ -40,7 +42,6 @@ HYPERPARAMETERS = {
 }
 EVAL_IMAGES = 200  # generated validation and test images
 ASPECT_RATIOS = [0.5, 1.0, 2.0]
-BOX_VARIANCE = [0.1, 0.1, 0.2, 0.2]  # box deltas are divided by these
 FPN_WIDTH = 64  # Faster R-CNN: channels of its feature pyramid and RPN
 PRE_NMS = 300  # Faster R-CNN: best-scoring anchors that go into the proposal NMS
 SCORE_THRESHOLD = 0.05  # detections scoring less are dropped (VOC keeps the rest)
@@ -121,24 +122,6 @@ def build_retinanet(args, splits):
     return model
 
 
-def smooth_l1(difference):
-    absolute = ops.abs(difference)
-    return ops.sum(ops.where(absolute < 1.0, 0.5 * difference**2, absolute - 0.5), -1)
-
-
-def gather_rows(boxes, index, count):
-    """boxes (B, M, 4) at index (B, R) -> (B, R, 4), through a one-hot product."""
-    return ops.einsum("brm,bmk->brk", ops.one_hot(index, count), boxes)
-
-
-def match(boxes, truth_boxes, truth_valid):
-    """IoU of each box (R, 4) or (B, R, 4) with each true box: the best one's
-    index and IoU (-1 when the image has no true box)."""
-    iou = keras.utils.bounding_boxes.compute_iou(boxes, truth_boxes, "xyxy")
-    iou = ops.where(truth_valid[:, None, :], iou, -1.0)
-    return iou, ops.argmax(iou, axis=-1), ops.max(iou, axis=-1)
-
-
 @keras.saving.register_keras_serializable(package="workbook")
 class FasterRCNN(keras.Model):
     """Faster R-CNN (Ren et al., 2015) with a two-level feature pyramid.
@@ -207,27 +190,16 @@ class FasterRCNN(keras.Model):
         scores = ops.softmax(logits)[..., 1:] * ops.cast(
             ops.max(rois, axis=-1, keepdims=True) > 0, "float32"
         )
-        return {**outputs, **self.detection_nms(self.decode(rois, deltas), scores)}
+        boxes = decode(rois, deltas, self.image_size)
+        return {**outputs, **self.detection_nms(boxes, scores)}
 
     def anchor_boxes(self, images):
         return ops.concatenate(list(self.anchors(images).values()), axis=0)
 
-    def decode(self, anchors, deltas):
-        boxes = keras.utils.bounding_boxes.decode_deltas_to_boxes(
-            anchors, ops.clip(deltas, -20.0, 20.0), "xyxy", "xyxy",
-            "center_xywh", BOX_VARIANCE,
-        )  # fmt: skip
-        return ops.clip(boxes, 0.0, float(self.image_size))
-
-    def encode(self, anchors, boxes):
-        return keras.utils.bounding_boxes.encode_box_to_deltas(
-            anchors, boxes, "xyxy", "xyxy", "center_xywh", BOX_VARIANCE
-        )
-
     def propose(self, anchors, outputs):
         """The RPN's best boxes after NMS, (B, proposals, 4); -1 rows are empty."""
         scores, index = ops.top_k(outputs["rpn_logits"], min(PRE_NMS, anchors.shape[0]))
-        boxes = self.decode(anchors, outputs["rpn_deltas"])
+        boxes = decode(anchors, outputs["rpn_deltas"], self.image_size)
         boxes = ops.take_along_axis(boxes, index[..., None], axis=1)
         chosen = self.proposal_nms(boxes, scores[..., None])
         return ops.stop_gradient(ops.cast(chosen["boxes"], "float32"))
@@ -254,11 +226,10 @@ class FasterRCNN(keras.Model):
         objectness = ops.binary_crossentropy(
             ops.cast(positive, "float32"), y_pred["rpn_logits"], from_logits=True
         )
-        losses = [0.5 * _mean(objectness, positive) + 0.5 * _mean(objectness, negative)]
-        targets = self.encode(
-            anchors, gather_rows(truth_boxes, matched, valid.shape[1])
-        )
-        losses.append(_mean(smooth_l1(y_pred["rpn_deltas"] - targets), positive))
+        background = masked_mean(objectness, negative)
+        losses = [0.5 * masked_mean(objectness, positive) + 0.5 * background]
+        targets = encode(anchors, gather_rows(truth_boxes, matched, valid.shape[1]))
+        losses.append(masked_mean(smooth_l1(y_pred["rpn_deltas"] - targets), positive))
         # Stage 2 on the proposals plus the true boxes: a region is its best true
         # box's class when they overlap by 0.5, background otherwise.
         rois = ops.concatenate([self.propose(anchors, y_pred), truth_boxes], axis=1)
@@ -270,9 +241,9 @@ class FasterRCNN(keras.Model):
         classes = ops.sparse_categorical_crossentropy(
             ops.where(foreground, labels, 0), logits, from_logits=True
         )
-        losses.append(_mean(classes, roi_valid))
-        targets = self.encode(rois, gather_rows(truth_boxes, matched, valid.shape[1]))
-        losses.append(_mean(smooth_l1(deltas - targets), foreground & roi_valid))
+        losses.append(masked_mean(classes, roi_valid))
+        targets = encode(rois, gather_rows(truth_boxes, matched, valid.shape[1]))
+        losses.append(masked_mean(smooth_l1(deltas - targets), foreground & roi_valid))
         for tracker, value in zip(self.trackers, losses):
             tracker.update_state(value)
         return losses[0] + losses[1] + losses[2] + losses[3]
@@ -292,12 +263,6 @@ class FasterRCNN(keras.Model):
             "proposals": self.proposals,
             "anchor_size": self.anchors.anchor_size,
         }
-
-
-def _mean(values, mask):
-    """Mean of ``values`` where ``mask`` holds (0 when it holds nowhere)."""
-    mask = ops.cast(mask, values.dtype)
-    return ops.sum(ops.where(mask > 0, values, 0.0)) / ops.maximum(ops.sum(mask), 1.0)
 
 
 def build_faster_rcnn(args, splits):
@@ -350,12 +315,9 @@ def evaluate(model, splits, run, args):
     }
     path = run.path / "detections.npz"
     detection.save_detections(path, predictions, test, names)
-    shown = slice(0, 12)
-    detection.detection_grid(
-        splits.x_test[shown], [part[shown] for part in predictions],
-        [part[shown] for part in test], names, run.plots / "test_detections.png",
-        f"{label}: test images",
-    )  # fmt: skip
+    path = run.plots / "test_detections.png"
+    shown = splits.x_test[:12]  # and their predicted and true boxes
+    detection.detection_grid(shown, predictions, test, names, path, f"{label}: test")
     detection.precision_recall_plot(
         result, names, run.plots / "precision_recall.png", label
     )
@@ -364,6 +326,27 @@ def evaluate(model, splits, run, args):
         "Average precision per class (test set)", detection.ap_table(result, names)
     )
     return figures
+
+
+def conclude(results, run, args):
+    """After ``--compare``: mAP, AP per class, size and speed side by side."""
+    done = {k: m for k, m in results.items() if m.get("status") in experiment.FINISHED}
+    if not done:
+        return {}
+    classes = [key for key in next(iter(done.values())) if key.startswith("ap50_")]
+    keys = {"mAP@0.5": "map50", **{f"AP {key[5:]}": key for key in classes[:8]}}
+    keys.update(
+        {"s per epoch": "seconds_per_epoch", "ms per image": "inference_ms_per_image"}
+    )
+    rows = {name: {c: m.get(k) for c, k in keys.items()} for name, m in done.items()}
+    table = [
+        {"detector": n, **r, "parameters": done[n]["params"]} for n, r in rows.items()
+    ]
+    section = experiment.markdown_table(table)
+    run.add_section("Detectors side by side (test set)", section)
+    path = run.plots / "comparison_ap.png"
+    detection.comparison_plot(rows, path, f"Lab 8 on {args.dataset}: detectors")
+    return {}
 
 
 # ----------------------------------------------------------------------------
@@ -437,6 +420,7 @@ LAB = experiment.Lab(
     headline=("map50", "max"),
     fit_kwargs=fit_kwargs,
     summary=summary,
+    conclude=conclude,
     title=title,
     quick_sizes={"train": 64, "val": 16, "test": 16},
 )
