@@ -530,7 +530,8 @@ def lab_summary(runs):
         result = "no bar"
     count = f"{len(top)} run{'s' * (len(top) != 1)}"
     if len(runs) != len(top):
-        count += f" ({len(runs) - len(top)} variants)"
+        variants = len(runs) - len(top)
+        count += f" ({variants} variant{'s' * (variants != 1)})"
     word = {
         "pass": "best passes",
         "fail": "best fails",
