@@ -49,7 +49,9 @@ NEEDS = ["keras", "vega-datasets"]  # pip names (requirements.txt pins them)
 COLAB = "google.colab" in sys.modules
 ROOT = next((p for p in (Path.cwd(), Path.cwd().parent) if (p / "labs").is_dir()), None)
 if ROOT is None and COLAB:
-    subprocess.run(["git", "clone", "-q", "--depth=1", WORKBOOK_GIT, "workbook"])
+    quiet = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}  # fail, never ask
+    clone = ["git", "clone", "-q", "--depth=1", WORKBOOK_GIT, "workbook"]
+    subprocess.run(clone, env=quiet)
     ROOT = Path("workbook").resolve() if Path("workbook/labs").is_dir() else None
 if ROOT is None:
     raise RuntimeError(
