@@ -695,9 +695,8 @@ table.grid { width: 100%; border: 1px solid var(--line); font-size: 12.5px; }
 .grid td.num, .grid th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .grid td.wrap { white-space: normal; min-width: 150px; }
 .grid td.rule { min-width: 300px; max-width: 640px; }
-.grid td .detail { display: block; }
 .grid td.headline { background: #fff6cc; font-weight: 600; }
-tr.sub td:nth-child(2) { padding-left: 18px; }
+tr.sub td:nth-child(3) { padding-left: 18px; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px;
   font-size: 12px; font-weight: 600; white-space: nowrap; }
 .pass { color: var(--pass); background: var(--pass-bg); }
@@ -706,7 +705,7 @@ tr.sub td:nth-child(2) { padding-left: 18px; }
 .na { color: var(--na); background: var(--na-bg); }
 .warn, .incomplete { color: var(--warn); background: var(--warn-bg); }
 td.grade { white-space: normal; min-width: 150px; }
-td.grade .detail { display: block; font-size: 11.5px; color: #57606a; }
+td .detail { display: block; font-size: 11.5px; color: #57606a; }
 td.thumbs { white-space: normal; min-width: 140px; }
 img.thumb { height: 34px; width: auto; max-width: 64px; margin: 0 2px 2px 0;
   border: 1px solid var(--line); border-radius: 3px; background: #fff;
@@ -953,6 +952,11 @@ def _runs_table(lab, runs, columns):
         variant = _esc(run.variant)
         if run.parent is not None:
             variant = f"↳ {_esc(run.path.name)}"
+        elif run.is_comparison:
+            best = run.metrics.get("best_variant")
+            variant += '<span class="detail small">--compare' + (
+                f", best {_esc(best)}</span>" if best else "</span>"
+            )
         graded = {c["metric"] for c in grade.rule["checks"]} if grade.rule else set()
         cells = [
             _td(f'<a href="#run-{run.number}">{run.number}</a>', run.number, "num"),
