@@ -141,21 +141,38 @@ def image_grid(images, titles, path, title, columns=8, title_colors=None):
     return save(figure, path)
 
 
-def bar_chart(names, panels, path, title, xlabel="model"):
-    """One bar panel per quantity: ``panels`` is {"label (unit)": [value per name]}."""
+def _short(value):
+    """A bar's label: 3 significant digits, thousands as k and millions as M."""
+    for limit, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= limit:
+            return f"{value / limit:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def bar_chart(names, panels, path, title, xlabel="model", errors=None):
+    """One bar panel per quantity: ``panels`` is {"label (unit)": [value per name]};
+    ``errors`` ({label: [spread per name]}) draws error bars on those panels."""
+    errors = errors or {}
+    slanted = sum(len(str(name)) for name in names) > 30  # long names: slant them
+    width = max(4.0, 0.5 * len(names) + 1.5)
     figure, axes = plt.subplots(
-        1, len(panels), figsize=(4 * len(panels), 3.8), squeeze=False
+        1, len(panels), figsize=(width * len(panels), 4.2), squeeze=False
     )
     colors = [CELL_COLORS[index % len(CELL_COLORS)] for index in range(len(names))]
     for axis, (label, values) in zip(axes[0], panels.items()):
-        bars = axis.bar(names, values, color=colors)
-        axis.bar_label(bars, labels=[f"{value:.3g}" for value in values], fontsize=8)
+        spread = errors.get(label)
+        bars = axis.bar(names, values, color=colors, yerr=spread, capsize=4)
+        shown = [_short(value) for value in values]
+        if spread is not None:
+            shown = [f"{text}\n± {_short(e)}" for text, e in zip(shown, spread)]
+        axis.bar_label(bars, labels=shown, fontsize=7, padding=2)
         axis.set_title(label)
         axis.set_ylabel(label)
         axis.set_xlabel(xlabel)
-        axis.tick_params(axis="x", rotation=20)
+        if slanted:
+            plt.setp(axis.get_xticklabels(), rotation=35, ha="right", fontsize=8)
         axis.grid(axis="y", alpha=0.3)
-        axis.margins(y=0.15)
+        axis.margins(y=0.2)
     figure.suptitle(title)
     return save(figure, path)
 
@@ -222,10 +239,15 @@ def variant_learning_curves(histories, path, title, monitor="val_loss"):
     return save(figure, path)
 
 
-def comparison_bars(rows, key, path, title, best=None):
+def comparison_bars(rows, key, path, title, best=None, errors=None):
     """plots/comparison.png: the headline metric, parameters, train time and (when
-    measured) inference time per variant; the best variant's name is starred."""
-    panels = {key.replace("_", " "): key, "parameters (count)": "params"}
+    measured) inference time per variant; the best variant's name is starred.
+    ``errors`` names a figure of the rows (a spread over seeds) drawn as error
+    bars on the headline panel."""
+    headline = key.replace("_", " ")
+    if errors:
+        headline += f"\n(error bars: {errors.replace('_', ' ')})"
+    panels = {headline: key, "parameters (count)": "params"}
     panels["train time (s)"] = "train_seconds"
     for extra in ("inference_ms_per_image", "inference_ms_per_sample"):
         if any(extra in row for row in rows):
@@ -235,8 +257,10 @@ def comparison_bars(rows, key, path, title, best=None):
         label: [float(row.get(name) or 0.0) for row in rows]
         for label, name in panels.items()
     }
-    title = f"{title}\n(* best by {key.replace('_', ' ')})"
-    return bar_chart(names, values, path, title, xlabel="variant")
+    spreads = {headline: [float(row.get(errors) or 0.0) for row in rows]}
+    title = f"{title}\n(* best by {key.replace('_', ' ')})" if best else title
+    errors = spreads if errors else None
+    return bar_chart(names, values, path, title, xlabel="variant", errors=errors)
 
 
 def scatter_groups(rows, x_key, y_key, group_key, path, title, xlabel, ylabel):

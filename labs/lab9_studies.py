@@ -43,6 +43,7 @@ HYPERPARAMETERS = {
     "clipnorm": 1.0,  # global gradient-norm threshold of the clipped depth variant
     "probe_images": 256,  # training images the gradients are measured on
 }
+POOL = partial(keras.layers.MaxPooling2D, 2, padding="same")  # halves the size
 BN_MOMENTUM = 0.9  # few steps an epoch on small sets: Keras's 0.99 adapts too slowly
 KERNEL_WIDTHS = {  # filters of the three units: equal parameters, within 1 %
     3: (32, 64, 64),  # on grey and colour images, 10 classes (a test checks 5 %)
@@ -70,10 +71,6 @@ def conv(x, filters, size, name, strides=1, batch_norm=True, relu=True):
     if batch_norm:
         x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return keras.layers.Activation("relu", name=f"{name}_relu")(x) if relu else x
-
-
-def pool(x, name):
-    return keras.layers.MaxPooling2D(2, padding="same", name=name)(x)
 
 
 def classify(x, num_classes, dropout=0.0, pooled=True):
@@ -119,7 +116,7 @@ def build_cnn(x, num_classes, width):
     """The course's simple CNN: three 3x3 convolutions, max-pooling, one dense."""
     for index, filters in enumerate((width, 2 * width, 2 * width), start=1):
         x = conv(x, filters, 3, f"conv{index}", batch_norm=False)
-        x = pool(x, f"pool{index}") if index < 3 else x
+        x = POOL(name=f"pool{index}")(x) if index < 3 else x
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(4 * width, activation="relu", name="dense1")(x)
     return classify(x, num_classes, pooled=False)
@@ -133,7 +130,7 @@ def build_kernel_cnn(x, num_classes, width, kernel):
         if kernel == "1x1+3x3":
             x, size = conv(x, max(1, filters // 2), 1, f"unit{index}_reduce"), 3
         x = conv(x, filters, size, f"unit{index}")
-        x = pool(x, f"pool{index}") if index < 3 else x
+        x = POOL(name=f"pool{index}")(x) if index < 3 else x
     return classify(x, num_classes)
 
 
@@ -141,7 +138,7 @@ def build_deep(x, num_classes, width, depth, skips):
     """``depth`` 3x3 convolutions, no BatchNorm; with ``skips`` an identity skip
     spans each pair after the first layer: the same layers and parameters."""
     x = conv(x, width, 3, "conv1", batch_norm=False)
-    x = pool(x, "pool1") if x.shape[1] >= 16 else x
+    x = POOL(name="pool1")(x) if x.shape[1] >= 16 else x
     index = 2
     while index <= depth:
         if skips and index < depth:
@@ -165,7 +162,7 @@ def build_blocks(x, num_classes, width, block, dropout=0.0):
     stage halves the size."""
     make, factors = BLOCKS[block]
     x = conv(x, width, 3, "stem")
-    x = pool(x, "stem_pool") if x.shape[1] >= 16 else x
+    x = POOL(name="stem_pool")(x) if x.shape[1] >= 16 else x
     for stage, factor in enumerate(factors, start=1):
         for index in (1, 2):
             strides = 2 if stage == 2 and index == 1 else 1
@@ -199,9 +196,8 @@ ARCHITECTURES = {name: b for study in STUDIES.values() for name, b in study.item
 
 
 def build_model(args, splits):
-    """Input -> standardization -> the architecture; Adam, with the global
-    gradient norm clipped at ``args.clipnorm`` when set, and decoupled weight
-    decay (AdamW's) for the regularized ResNet."""
+    """Input -> standardization -> the architecture; Adam, the global gradient norm
+    clipped at ``args.clipnorm`` if set, AdamW's weight decay if regularized."""
     inputs = keras.Input(splits.input_shape, name="image")
     standardize = keras.layers.Normalization(axis=-1, name="standardize")
     standardize.adapt(splits.x_train)
@@ -220,15 +216,14 @@ def fit_kwargs(args, splits, run):
     """Every run records its per-layer gradients on a fixed probe batch."""
     count, title = HYPERPARAMETERS["probe_images"], experiment.default_title(LAB, args)
     probe = (splits.x_train[:count], splits.y_train[:count], run.path / GRADIENTS)
-    plot = run.plots / "gradient_norms.png"
-    return {"callbacks": [GradientNorms(*probe, plot, f"{title}: gradient per layer")]}
+    plot = (run.plots / "gradient_norms.png", f"{title}: gradient per layer")
+    return {"callbacks": [GradientNorms(*probe, *plot)]}
 
 
 # ---- Evaluation and plots
 def receptive_field(model):
-    """Input pixels one output unit sees along the conv/pool path (the whole image
-    without convolutions); 1x1 layers add nothing and are skipped, so that a
-    strided shortcut is not counted twice."""
+    """Input pixels one output unit sees along the conv/pool path (dense: the whole
+    image); 1x1 layers are skipped: a strided shortcut is not counted twice."""
     field, jump = 1, 1
     for layer in model.layers:
         size = getattr(layer, "kernel_size", getattr(layer, "pool_size", (1,)))[0]
@@ -288,7 +283,7 @@ def variants(args):
 COLUMNS = {  # the study's table, after test accuracy
     "models": ("train_accuracy", "train_test_gap", "params", "train_seconds"),
     "kernels": ("params", "receptive_field", "train_seconds"),
-    "depth": ("init_gradient_rms", "max_gradient_norm", "train_seconds"),
+    "depth": ("init_gradient_rms", "max_gradient_norm", "params", "train_seconds"),
     "blocks": ("test_accuracy_std", "params", "train_seconds"),
 }
 FINDINGS = {  # each study's own sentence, filled in from the measured numbers
@@ -355,10 +350,9 @@ def explain(study, rows, data, clipnorm):
         clipnorm=clipnorm or nan,
         clipped=gain("plain16_clipped", "plain16"),
     )
-    lead, seeds = gain(first, second), best["seeds"]
+    lead, seeds, tests = gain(first, second), best["seeds"], data["num_test"]
     spread = max(row["test_accuracy_std"] for row in rows.values())
-    tests, accuracy = data["num_test"], best["test_accuracy"]
-    error = 2 * (accuracy * (1 - accuracy) / tests) ** 0.5  # binomial, 2 sigma
+    error = 2 * (best["test_accuracy"] * (1 - best["test_accuracy"]) / tests) ** 0.5
     if seeds > 1:
         stds = ", ".join(f"{n} {v['test_accuracy_std']:.4f}" for n, v in rows.items())
         text += f" Over {seeds} seeds the test accuracy's standard deviation was "
@@ -397,6 +391,10 @@ def conclude(results, run, args):
         gradient_heatmaps(records, run.plots / "gradient_norms.png", title)
     if args.seeds == 1:
         return {}
+    summary = [{"variant": name, **row} for name, row in rows.items()]
+    title = f"Lab 9 {args.study} study on {args.dataset}: means over {args.seeds} seeds"
+    path, spread = run.plots / "study.png", "test_accuracy_std"
+    plots.comparison_bars(summary, "test_accuracy", path, title, errors=spread)
     keys = ("test_accuracy", "test_accuracy_std", "params", "train_seconds")
     return {f"{name}_{key}": row[key] for name, row in rows.items() for key in keys}
 

@@ -223,6 +223,7 @@ def test_blocks_study_reports_mean_and_spread_over_seeds(blocks_run):
         config = json.loads((out / f"{block}_seed1" / "config.json").read_text())
         assert config["seed"] == 1 and config["args"]["arch"] == block
     assert "Over 2 seeds the test accuracy's standard deviation was" in report
+    assert (out / "plots" / "study.png").stat().st_size > 5000  # means, error bars
     assert saved["wide_params"] > 3 * saved["basic_params"]
 
 
