@@ -3,26 +3,20 @@
     python -m labs.lab3_gan                          # vanilla GAN, 8-Gaussian ring
     python -m labs.lab3_gan --arch wgan-gp           # WGAN-GP on the ring
     python -m labs.lab3_gan --arch dcgan             # DCGAN on embedded digits
-    python -m labs.lab3_gan --arch wgan-gp --dataset digits
     python -m labs.lab3_gan --compare                # all three on digits
     python -m labs.lab3_gan --compare --dataset ring # mlp vs wgan-gp on the ring
 
-What it teaches: how a GAN is trained by Keras's own ``fit``. One ``keras.Model``
-holds a generator and a discriminator (a critic for WGAN-GP), each built with the
-functional API and updated by its own optimizer, and overrides ``train_step`` as
-the keras-io guides "Customizing what happens in fit()" do; ``common.gradients``
-takes the gradients on torch, TensorFlow or JAX. The non-saturating loss with dense
-networks (mlp), the convolutional DCGAN (dcgan) and the Wasserstein loss with a
-gradient penalty (wgan-gp) meet the same data, and mode collapse is seen on the
-ring (8 Gaussians on a circle; default for mlp and wgan-gp) rather than read
-about. On images (digits at 16x16, the default for dcgan and --compare; mnist,
-fashion_mnist, cifar10, npz:, folder:) quality is a Frechet distance in the
-features of a small classifier CNN trained here: NOT the Inception FID, comparable
-only between runs that share the classifier (same dataset and seed). The quality
-on the validation split is the val_loss, so the epoch with the best samples is
-kept (--patience is off by default: GAN quality is noisy). model.keras is the GAN
-(imported with this module, ``predict`` on ``keras.random.normal((n, latent_dim))``
-samples); generator.keras is the generator alone, a plain functional model.
+What it teaches: a GAN trained by Keras's own ``fit``: one ``keras.Model`` holds a
+generator and a discriminator (a critic for WGAN-GP), each with its own optimizer,
+and overrides ``train_step`` as keras-io's "Customizing what happens in fit()"
+guides do. Mode collapse is seen on the ring of 8 Gaussians (a mode is covered when
+2% of the samples fall within 3 std of it). On images (digits at 16x16, mnist,
+fashion_mnist, cifar10, npz:, folder:) quality is a Frechet distance in the 32
+penultimate features of a small classifier trained here: NOT the Inception FID,
+comparable only between runs that share the classifier (same data and seed). The
+quality on the validation split is the val_loss: the epoch with the best samples is
+kept. model.keras is the GAN (``predict``: noise to samples), generator.keras the
+generator alone.
 
 Measured results (3 seeds, ring and digits): see the README's results table.
 """
@@ -37,23 +31,16 @@ import numpy as np
 from keras import layers, ops
 from matplotlib.patches import Circle
 
-from common import cli, experiment, plots, training
+from common import cli, experiment, gradients, plots
 from common.data import Splits, load_images, make_ring, ring_modes
-from common.gradients import (
-    stateless_on_jax,
-    value_and_gradients,
-    value_and_input_gradients,
-)
 from common.runs import seed_everything
 
 # Per (arch, kind of data). Units: epochs = passes over the training split; batch =
 # real samples per step; rate = initial Adam step size of both networks, decayed
-# (cosine) to final x rate by the last step; latent = generator input size; width =
-# units per dense layer or filters of the first conv layer; depth = dense hidden
-# layers; critic = discriminator steps per generator step; penalty = the gradient
-# penalty's lambda (1 on the ring: the paper's toy code uses 0.1, which covered all
-# 8 modes later here; 10 on images, as in the paper). On the ring, mlp and wgan-gp
-# share networks and rates: only the loss and the critic steps differ.
+# (cosine) to final x rate by the last step; latent = noise size; width = units per
+# dense layer or filters of the first convolution; depth = dense hidden layers;
+# critic = discriminator steps per generator step; penalty = the gradient penalty's
+# lambda (10 on images, as in the paper; on the ring 1, as 0.1 covered 8 modes later).
 COLUMNS = """epochs batch_size learning_rate final_learning_rate beta_1 beta_2
              latent_dim width depth critic_steps penalty_weight""".split()
 # fmt: off
@@ -68,9 +55,7 @@ HYPERPARAMETERS = {  # epochs batch rate final beta_1 beta_2 latent width depth 
 RING = dict(num_modes=8, radius=2.0, std=0.02)  # data units
 MIN_MODE_SHARE = 0.02  # share of the samples within 3 std for a mode to count
 SIZES = {"train": 8192, "val": 2048, "test": 10000}  # ring points per split
-QUICK_SIZES = {"train": 1024, "val": 512, "test": 1024}  # images: 256, 64, 128
-QUICK_EPOCHS = 2
-SHARED_FLAGS = dict.fromkeys(("epochs", "batch_size", "learning_rate", "patience"))
+QUICK_SIZES = {"train": 1024, "val": 512, "test": 1024}  # ring; images 256, 64, 128
 CLASSIFIER = dict(epochs=12, quick_epochs=2, batch_size=64, learning_rate=2e-3)
 FEATURES = 32  # penultimate units of the classifier: the Frechet feature space
 SAMPLES = {"ring": 1000, "images": 64}  # generated per figure
@@ -85,10 +70,8 @@ def kind_of(dataset):
 # ------------------------------------------------------------------------------ data
 def load_data(args):
     """The ring, or images in [-1, 1] with the classifier that measures them."""
-    return (load_ring if args.dataset == "ring" else load_gan_images)(args)
-
-
-def load_ring(args):
+    if args.dataset != "ring":
+        return load_gan_images(args)
     if args.test_dataset:
         raise cli.WorkbookError(
             "--test-dataset applies to image datasets; the ring's test points are "
@@ -111,9 +94,8 @@ def load_gan_images(args):
     splits = load_images(args.dataset, args.seed, image_size=size, test_dataset=test)
     if args.quick:  # now, so that the classifier trains on the subset too
         splits.take({"train": 256, "val": 64, "test": 128}, args.seed)
-    height, width = splits.input_shape[:2]  # digits: 16x16
-    size = (-height // 4 * -4, -width // 4 * -4)  # multiples of 4: two 2x steps
-    size = (16, 16) if max(size) <= 8 else size
+    height, width = splits.input_shape[:2]  # two 2x steps: multiples of 4, >= 16
+    size = (max(16, -height // 4 * -4), max(16, -width // 4 * -4))
     if len(splits.x_train) < 32 or max(size) > 64:
         raise cli.WorkbookError(
             f"{args.dataset} holds {len(splits.x_train)} training images of "
@@ -128,44 +110,35 @@ def load_gan_images(args):
         setattr(splits, part, (np.clip(images, 0, 1) * 2 - 1).astype("float32"))
     splits.task = "generation"
     splits.notes.update(gan_image_shape=list(splits.input_shape), pixels="[-1, 1]")
-    extractor, reference = train_feature_classifier(splits, args)
-    splits.feature_extractor, splits.quality_reference = extractor, reference
-    splits.notes.update(reference)
+    splits.feature_extractor, splits.reference = train_feature_classifier(splits, args)
+    splits.notes.update(splits.reference)
     return splits
 
 
 def train_feature_classifier(splits, args):
-    """Train the classifier CNN; returns (frozen feature extractor, its figures)."""
+    """Train the classifier CNN; returns its frozen [features, probabilities]
+    extractor and what real images score (the floors of the quality figure)."""
     seed_everything(args.seed)
     classifier = build_feature_classifier(splits.input_shape, splits.num_classes)
     optimizer = keras.optimizers.Adam(CLASSIFIER["learning_rate"])
     classifier.compile(optimizer, "sparse_categorical_crossentropy", metrics=["acc"])
     epochs = CLASSIFIER["quick_epochs" if args.quick else "epochs"]
-    print(f"training the feature classifier ({epochs} epochs) ...")
-    x, y, validation = splits.x_train, splits.y_train, (splits.x_val, splits.y_val)
-    batch_size = CLASSIFIER["batch_size"]
-    classifier.fit(x, y, batch_size, epochs, verbose=0, validation_data=validation)
+    x, y, batch_size = splits.x_train, splits.y_train, CLASSIFIER["batch_size"]
+    classifier.fit(x, y, batch_size, epochs, verbose=0)
     _, accuracy = classifier.evaluate(splits.x_test, splits.y_test, verbose=0)
-    print(f"feature classifier: test accuracy {accuracy:.3f}")
+    print(f"feature classifier ({epochs} epochs): test accuracy {accuracy:.3f}")
     outputs = [classifier.get_layer("features").output, classifier.output]
     extractor = keras.Model(classifier.input, outputs, name="feature_extractor")
     extractor.trainable = False
     train_features, _ = extractor.predict(x, verbose=0)
-
-    def floor(images):
-        """The distance between ``images`` and as many real training images."""
-        features, _ = extractor.predict(images, verbose=0)
-        metric = FrechetDistance(FEATURES)
+    reference = {"classifier_accuracy": float(accuracy)}
+    for suffix, images in (("_validation", splits.x_val), ("", splits.x_test)):
+        features, probabilities = extractor.predict(images, verbose=0)
+        metric = FrechetDistance(FEATURES)  # to as many real training images
         metric.update_state(features, train_features[: len(images)])
-        return float(metric.result())
-
-    _, probabilities = extractor.predict(splits.x_test, verbose=0)
-    return extractor, {
-        "classifier_accuracy": float(accuracy),
-        "classifier_confidence_real": float(np.mean(np.max(probabilities, -1))),
-        "frechet_distance_real": floor(splits.x_test),
-        "frechet_distance_real_validation": floor(splits.x_val),
-    }
+        reference[f"frechet_distance_real{suffix}"] = float(metric.result())
+    confidence = np.mean(np.max(probabilities, axis=-1))  # on the test images
+    return extractor, {**reference, "classifier_confidence_real": float(confidence)}
 
 
 # --------------------------------------------------------- networks (functional API)
@@ -227,79 +200,38 @@ def build_feature_classifier(image_shape, num_classes):
     return keras.Model(inputs, outputs, name="feature_classifier")
 
 
-def build_mlp(shape, args):
-    generator = build_mlp_generator(args.latent_dim, shape, args.width, args.depth)
-    discriminator = build_mlp_discriminator(shape, args.width, args.depth)
-    return generator, discriminator, "non_saturating"
-
-
-def build_dcgan(shape, args):
-    generator = build_dcgan_generator(args.latent_dim, shape, args.width)
-    return generator, build_dcgan_discriminator(shape, args.width), "non_saturating"
-
-
-def build_wgan_gp(shape, args):
-    """On points the mlp's networks, on images the DCGAN's (critic: no BatchNorm)."""
-    if len(shape) == 1:
-        generator, critic, _ = build_mlp(shape, args)
-    else:
-        generator = build_dcgan_generator(args.latent_dim, shape, args.width)
-        critic = build_dcgan_discriminator(shape, args.width, batch_norm=False)
-    critic.name = "critic"
-    return generator, critic, "wasserstein"
-
-
-ARCHITECTURES = {"mlp": build_mlp, "dcgan": build_dcgan, "wgan-gp": build_wgan_gp}
-
-
 # ------------------------------------------------------------------- quality metrics
 class ModeHistogram(keras.metrics.Metric):
     """How many real and generated points fall within 3 std of each ring mode, and
     of none; ``result()`` is the total-variation distance between the two."""
 
-    def __init__(self, name="mode_histogram", **kwargs):
+    def __init__(self, name="mode_distance", **kwargs):
         super().__init__(name=name, **kwargs)
         self.modes = ring_modes(RING["num_modes"], RING["radius"]).astype("float32")
-        bins = (RING["num_modes"] + 1,)
-        self.real_counts = self.add_variable(bins, "zeros", name="real_counts")
-        self.fake_counts = self.add_variable(bins, "zeros", name="fake_counts")
+        bins = (2, len(self.modes) + 1)  # (real, fake) x (each mode, off every mode)
+        self.counts = self.add_variable(bins, "zeros", name="counts")
 
     def histogram(self, points):
-        modes = ops.convert_to_tensor(self.modes)
-        offsets = ops.convert_to_tensor(points)[:, None, :] - modes
-        distances = ops.sqrt(ops.sum(ops.square(offsets), axis=-1))
+        offsets = ops.convert_to_tensor(points)[:, None, :] - self.modes
+        distances = ops.norm(offsets, axis=-1)
         near = ops.min(distances, axis=1) <= 3.0 * RING["std"]
         bins = ops.where(near, ops.argmin(distances, axis=1), len(self.modes))
         return ops.sum(ops.one_hot(bins, len(self.modes) + 1), axis=0)
 
     def update_state(self, real, fake, sample_weight=None):
-        self.real_counts.assign_add(self.histogram(real))
-        self.fake_counts.assign_add(self.histogram(fake))
+        self.counts.assign_add(ops.stack([self.histogram(real), self.histogram(fake)]))
 
-    def shares(self, counts):
-        return counts / ops.maximum(ops.sum(counts), 1.0)
+    def shares(self):
+        return self.counts / ops.maximum(ops.sum(self.counts, 1, keepdims=True), 1.0)
 
     def result(self):
-        real, fake = self.shares(self.real_counts), self.shares(self.fake_counts)
+        real, fake = self.shares()
         return 0.5 * ops.sum(ops.abs(real - fake))
 
     def summary(self):
-        fake = self.shares(self.fake_counts)[:-1]
+        fake = self.shares()[1, :-1]
         covered = ops.sum(ops.cast(fake >= MIN_MODE_SHARE, "float32"))
         return dict(modes_covered=covered, high_quality_share=ops.sum(fake))
-
-
-def frechet_distance(mean_a, covariance_a, mean_b, covariance_b):
-    """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)) in keras.ops: the trace
-    of the root is the sum of the roots of the eigenvalues of the symmetric
-    C_a^(1/2) C_b C_a^(1/2), so ``eigh`` is all it needs."""
-    values, vectors = ops.eigh(covariance_a)
-    root_a = ops.matmul(vectors * ops.sqrt(ops.relu(values)), ops.transpose(vectors))
-    middle = ops.matmul(ops.matmul(root_a, covariance_b), root_a)
-    middle_values, _ = ops.eigh(0.5 * (middle + ops.transpose(middle)))
-    trace_root = ops.sum(ops.sqrt(ops.relu(middle_values)))
-    traces = ops.trace(covariance_a) + ops.trace(covariance_b)
-    return ops.sum(ops.square(mean_a - mean_b)) + traces - 2.0 * trace_root
 
 
 class FrechetDistance(keras.metrics.Metric):
@@ -310,11 +242,10 @@ class FrechetDistance(keras.metrics.Metric):
     def __init__(self, feature_dim, name="frechet_distance", **kwargs):
         super().__init__(name=name, **kwargs)
         self.wide = "float32" if keras.backend.backend() == "jax" else "float64"
-        shape = (2, int(feature_dim))
-        self.sums = self.add_variable(shape, "zeros", self.wide, name="sums")
-        square = (*shape, shape[1])
-        self.products = self.add_variable(square, "zeros", self.wide, name="products")
-        self.counts = self.add_variable((2,), "zeros", self.wide, name="counts")
+        shape, add = (2, int(feature_dim)), self.add_variable
+        self.sums = add(shape, "zeros", self.wide, name="sums")
+        self.products = add((*shape, shape[1]), "zeros", self.wide, name="products")
+        self.counts = add((2,), "zeros", self.wide, name="counts")
 
     def update_state(self, real_features, fake_features, sample_weight=None):
         both = [ops.cast(f, self.wide) for f in (real_features, fake_features)]
@@ -329,56 +260,49 @@ class FrechetDistance(keras.metrics.Metric):
         return mean, product * (count / (count - 1.0))
 
     def result(self):
-        return frechet_distance(*self.statistics(0), *self.statistics(1))
+        """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)), the trace of the
+        root from the eigenvalues of the symmetric C_a^(1/2) C_b C_a^(1/2)."""
+        (mean_a, covariance_a), (mean_b, covariance_b) = map(self.statistics, (0, 1))
+        values, vectors = ops.eigh(covariance_a)
+        root_a = (vectors * ops.sqrt(ops.relu(values))) @ ops.transpose(vectors)
+        middle = root_a @ covariance_b @ root_a
+        middle_values, _ = ops.eigh(0.5 * (middle + ops.transpose(middle)))
+        trace_root = ops.sum(ops.sqrt(ops.relu(middle_values)))
+        traces = ops.trace(covariance_a) + ops.trace(covariance_b)
+        return ops.sum(ops.square(mean_a - mean_b)) + traces - 2.0 * trace_root
+
+    def summary(self):
+        return {}
 
 
 # ---------------------------------------------- the GAN: one train_step for all three
 @keras.saving.register_keras_serializable(package="workbook")
 class GAN(keras.Model):
-    """A generator and a discriminator trained together by ``fit``.
-
-    ``loss`` is "non_saturating" (mlp, dcgan: cross-entropy on logits; the
-    generator maximises log D(G(z))) or "wasserstein" (wgan-gp: the critic
-    maximises E[D(real)] - E[D(fake)] - penalty_weight * E[(|grad D(x_hat)| -
-    1)^2] at random interpolates x_hat, with ``critic_steps`` critic updates per
-    generator update, on the same real batch and fresh noise). ``evaluate``
-    measures the samples (on the ring, or with a ``feature_extractor`` giving
-    [features, probabilities] on images); its "loss" is their distance to real data.
-    """
+    """A generator and a discriminator trained together by ``fit``. ``loss``
+    "non_saturating": cross-entropy on logits, the generator maximises log D(G(z)).
+    "wasserstein": the critic maximises E[D(real)] - E[D(fake)] - penalty_weight *
+    E[(|grad D(x_hat)| - 1)^2], ``critic_steps`` times per generator step (same real
+    batch, fresh noise). ``evaluate``'s "loss" is the samples' distance to real data
+    (on images, in the features of a ``feature_extractor``)."""
 
     def __init__(
-        self,
-        generator,
-        discriminator,
-        loss,
-        critic_steps,
-        penalty_weight,
-        feature_extractor=None,
-        seed=0,
-        **kwargs,
+        self, generator, discriminator, loss, critic_steps, penalty_weight, **kwargs
     ):
+        extractor = kwargs.pop("feature_extractor", None)
         super().__init__(**kwargs)
-        if loss not in ("non_saturating", "wasserstein"):
-            raise ValueError(f"loss must be non_saturating or wasserstein: {loss!r}")
         self.generator, self.discriminator = generator, discriminator
         self.loss_kind, self.critic_steps = loss, int(critic_steps)
-        self.penalty_weight, self.seed = float(penalty_weight), int(seed)
-        self.latent_dim = int(generator.input_shape[-1])
-        self.feature_extractor = feature_extractor
-        kinds = [type(layer) for layer in discriminator.layers]
-        self.batch_normalized = layers.BatchNormalization in kinds
-        self.noise_seed = keras.random.SeedGenerator(seed)
-        self.evaluation_seed = keras.random.SeedGenerator(seed + 1)
+        self.penalty_weight, self.feature_extractor = float(penalty_weight), extractor
+        self.noise_seed = keras.random.SeedGenerator()  # seeded by the global seed
+        self.evaluation_seed = keras.random.SeedGenerator()
         names = ["discriminator_loss", "generator_loss"]
         if loss == "wasserstein":
             names += ["wasserstein_estimate", "gradient_penalty", "gradient_norm"]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.confidence = keras.metrics.Mean(name="classifier_confidence")
-        if feature_extractor is None:
-            self.quality = ModeHistogram()
-        else:
-            feature_extractor.trainable = False
-            self.quality = FrechetDistance(feature_extractor.outputs[0].shape[-1])
+        self.quality = (
+            ModeHistogram() if extractor is None else FrechetDistance(FEATURES)
+        )
         self.built = True
 
     def call(self, noise, training=False):
@@ -400,115 +324,97 @@ class GAN(keras.Model):
         return super().non_trainable_variables + (second.variables if second else [])
 
     def noise(self, count, seed=None):
-        shape = (count, self.latent_dim)
-        return keras.random.normal(shape, seed=seed or self.noise_seed)
+        seed = self.noise_seed if seed is None else seed
+        shape = (count, self.generator.input_shape[-1])
+        return keras.random.normal(shape, seed=seed)
+
+    def sample(self, count, seed=0):
+        """``count`` generated samples as a numpy array (fixed ``seed``)."""
+        samples = self.generator(self.noise(count, seed), training=False)
+        return ops.convert_to_numpy(samples)
 
     # -- training ------------------------------------------------------------------
-    def scores(self, *batches):
-        """The discriminator's scores for each batch, from one call on their
-        concatenation; one call each under BatchNorm (never mix real and fake)."""
-        if self.batch_normalized:
-            return [self.discriminator(batch, training=True) for batch in batches]
-        scores = self.discriminator(ops.concatenate(batches, axis=0), training=True)
-        return ops.split(scores, len(batches), axis=0)
-
     def critic_scores_and_penalty(self, real, fake):
-        """Critic scores, and the gradient penalty E[(|grad D(x_hat)| - 1)^2] at
-        random points x_hat between real and generated samples."""
+        """Scores, the gradient penalty at points x_hat between real and fake, and
+        the mean gradient norm there."""
         count = ops.shape(real)[0]
         shape = (count,) + (1,) * (len(real.shape) - 1)
         alpha = keras.random.uniform(shape, seed=self.noise_seed)
+        between = real + alpha * (fake - real)
+        _, (grad,) = gradients.value_and_input_gradients(
+            lambda points: ops.sum(self.discriminator(points, training=True)), [between]
+        )
+        squares = ops.square(ops.reshape(grad, (count, -1)))
+        norm = ops.sqrt(ops.sum(squares, axis=1) + 1e-12)  # differentiable at 0
+        scores = [self.discriminator(batch, training=True) for batch in (real, fake)]
+        return *scores, ops.mean(ops.square(norm - 1.0)), ops.mean(norm)
 
-        def scores(*batches):  # every input's gradient comes back; one is used
-            real_scores, fake_scores, interpolated = self.scores(*batches)
-            return ops.sum(interpolated), (real_scores, fake_scores)
-
-        interpolates = real + alpha * (fake - real)
-        batches = [real, fake, interpolates]
-        output, gradients = value_and_input_gradients(scores, batches)
-        squares = ops.square(ops.reshape(gradients[2], (count, -1)))
-        norm = ops.sqrt(ops.sum(squares, axis=1) + 1e-12)
-        penalty = ops.mean(ops.square(norm - 1.0))
-        return *output[1], penalty, ops.mean(norm)
+    def update(self, network, optimizer, loss):
+        """One step of ``optimizer`` down ``loss()``; returns ``loss()``'s output."""
+        weights = network.trainable_variables
+        output, grads = gradients.value_and_gradients(loss, weights)
+        optimizer.apply(grads, weights)
+        return output
 
     def discriminator_step(self, real):
         fake = self.generator(self.noise(ops.shape(real)[0]), training=True)
         fake = ops.stop_gradient(fake)
 
-        def discriminator_loss():
+        def loss():  # real and fake in separate calls: BatchNorm must not mix them
             if self.loss_kind == "non_saturating":
-                real_scores, fake_scores = self.scores(real, fake)
-                loss = cross_entropy(real_scores, 1.0) + cross_entropy(fake_scores, 0.0)
-                return loss, {}
-            real_scores, fake_scores, penalty, norm = self.critic_scores_and_penalty(
-                real, fake
-            )
-            estimate = ops.mean(real_scores) - ops.mean(fake_scores)
+                on_real = self.discriminator(real, training=True)
+                on_fake = self.discriminator(fake, training=True)
+                return cross_entropy(on_real, 1.0) + cross_entropy(on_fake, 0.0), {}
+            on_real, on_fake, penalty, norm = self.critic_scores_and_penalty(real, fake)
+            estimate = ops.mean(on_real) - ops.mean(on_fake)
             terms = dict(wasserstein_estimate=estimate, gradient_penalty=penalty)
             terms["gradient_norm"] = norm
-            return -estimate + self.penalty_weight * penalty, terms
+            return self.penalty_weight * penalty - estimate, terms
 
-        weights = self.discriminator.trainable_variables
-        (loss, terms), gradients = value_and_gradients(discriminator_loss, weights)
-        self.discriminator_optimizer.apply(gradients, weights)
-        return loss, terms
+        return self.update(self.discriminator, self.discriminator_optimizer, loss)
 
     def generator_step(self, count):
         noise = self.noise(count)
 
-        def generator_loss():
+        def loss():
             fake = self.generator(noise, training=True)
             scores = self.discriminator(fake, training=True)
             if self.loss_kind == "non_saturating":
                 return cross_entropy(scores, 1.0)
             return -ops.mean(scores)
 
-        weights = self.generator.trainable_variables
-        loss, gradients = value_and_gradients(generator_loss, weights)
-        self.generator_optimizer.apply(gradients, weights)
-        return loss
+        return self.update(self.generator, self.generator_optimizer, loss)
 
-    @stateless_on_jax  # JAX's fit calls train_step(state, data): pure
+    @gradients.stateless_on_jax  # JAX's fit calls train_step(state, data): pure
     def train_step(self, data):
         real = data[0] if isinstance(data, (tuple, list)) else data
         for _ in range(self.critic_steps):
             discriminator_loss, terms = self.discriminator_step(real)
-        generator_loss = self.generator_step(ops.shape(real)[0])
-        terms.update(discriminator_loss=discriminator_loss)
-        terms.update(generator_loss=generator_loss)
+        terms["discriminator_loss"] = discriminator_loss
+        terms["generator_loss"] = self.generator_step(ops.shape(real)[0])
         for name, value in terms.items():
             self.trackers[name].update_state(ops.stop_gradient(value))
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
-    # -- evaluation: sample quality ------------------------------------------------
-    @stateless_on_jax
+    @gradients.stateless_on_jax
     def test_step(self, data):
         real = data[0] if isinstance(data, (tuple, list)) else data
         noise = self.noise(ops.shape(real)[0], self.evaluation_seed)
-        fake = self.generator(noise, training=False)
-        if self.feature_extractor is None:
-            self.quality.update_state(real, fake)
-            distance = self.quality.result()
-            return dict(loss=distance, mode_distance=distance, **self.quality.summary())
-        real_features, _ = self.feature_extractor(real, training=False)
-        fake_features, probabilities = self.feature_extractor(fake, training=False)
-        self.quality.update_state(real_features, fake_features)
-        self.confidence.update_state(ops.max(probabilities, axis=-1))
-        distance, confidence = self.quality.result(), self.confidence.result()
-        logs = dict(loss=distance, frechet_distance=distance)
-        return {**logs, "classifier_confidence": confidence}
+        fake, logs = self.generator(noise, training=False), {}
+        if self.feature_extractor is not None:  # images: compare classifier features
+            real, _ = self.feature_extractor(real, training=False)
+            fake, probabilities = self.feature_extractor(fake, training=False)
+            self.confidence.update_state(ops.max(probabilities, axis=-1))
+            logs["classifier_confidence"] = self.confidence.result()
+        self.quality.update_state(real, fake)
+        logs["loss"] = logs[self.quality.name] = self.quality.result()
+        return {**logs, **self.quality.summary()}
 
-    def sample(self, count, seed=0):
-        """``count`` generated samples as a numpy array (fixed ``seed``)."""
-        noise = keras.random.normal((count, self.latent_dim), seed=seed)
-        return ops.convert_to_numpy(self.generator(noise, training=False))
-
-    def get_config(self):
-        names = ("name", "seed", "critic_steps", "penalty_weight")
+    def get_config(self):  # the networks as Keras objects: Keras serializes them
+        names = ["generator", "discriminator", "feature_extractor", "critic_steps"]
         config = {name: getattr(self, name) for name in names}
-        for name in ("generator", "discriminator", "feature_extractor"):
-            config[name] = keras.saving.serialize_keras_object(getattr(self, name))
-        return {**config, "loss": self.loss_kind}
+        config.update(loss=self.loss_kind, penalty_weight=self.penalty_weight)
+        return {**super().get_config(), **config}
 
     def get_compile_config(self):
         return None  # a reloaded GAN samples; build_model makes one to train
@@ -516,8 +422,7 @@ class GAN(keras.Model):
     @classmethod
     def from_config(cls, config):
         for name in ("generator", "discriminator", "feature_extractor"):
-            if config.get(name) is not None:
-                config[name] = keras.saving.deserialize_keras_object(config[name])
+            config[name] = keras.saving.deserialize_keras_object(config.get(name))
         return cls(**config)
 
 
@@ -527,254 +432,189 @@ def cross_entropy(logits, target):
     return ops.mean(ops.binary_crossentropy(targets, logits, from_logits=True))
 
 
+# ------------------------------------------------------------------- architectures
+ARCHITECTURES = {  # arch: its loss; the networks follow from the arch and the data
+    "mlp": "non_saturating",  # dense networks, on points or images
+    "dcgan": "non_saturating",  # convolutional, BatchNorm in both networks
+    "wgan-gp": "wasserstein",  # mlp's networks on the ring, dcgan's on images
+}
+
+
 def build_model(args, splits):
     """The compiled GAN for ``args.arch``. Both learning rates follow a cosine decay
     to ``final_learning_rate`` x the initial rate over the whole run: small late
     steps let the generator settle into sharp modes."""
-    generator, discriminator, loss = ARCHITECTURES[args.arch](splits.input_shape, args)
-    extractor, name = getattr(splits, "feature_extractor", None), f"gan_{args.arch}"
-    hyper = (args.critic_steps, args.penalty_weight, extractor, args.seed)
-    gan = GAN(generator, discriminator, loss, *hyper, name=name.replace("-", "_"))
+    shape, loss = splits.input_shape, ARCHITECTURES[args.arch]
+    if len(shape) == 1 or args.arch == "mlp":
+        generator = build_mlp_generator(args.latent_dim, shape, args.width, args.depth)
+        discriminator = build_mlp_discriminator(shape, args.width, args.depth)
+    else:  # a WGAN-GP critic has no BatchNorm: the penalty is per sample
+        generator = build_dcgan_generator(args.latent_dim, shape, args.width)
+        batch_norm = loss != "wasserstein"
+        discriminator = build_dcgan_discriminator(shape, args.width, batch_norm)
+    discriminator.name = "critic" if loss == "wasserstein" else "discriminator"
+    extractor = getattr(splits, "feature_extractor", None)
+    hyper = (loss, args.critic_steps, args.penalty_weight)
+    name = f"gan_{args.arch}".replace("-", "_")
+    gan = GAN(generator, discriminator, *hyper, feature_extractor=extractor, name=name)
     steps = args.epochs * math.ceil(len(splits.x_train) / args.batch_size)
-
-    def adam(updates_per_step):
-        rate, decay = args.learning_rate, keras.optimizers.schedules.CosineDecay
-        if args.final_learning_rate < 1.0:
-            rate = decay(rate, steps * updates_per_step, args.final_learning_rate)
-        return keras.optimizers.Adam(rate, beta_1=args.beta_1, beta_2=args.beta_2)
-
-    gan.compile(adam(1), adam(args.critic_steps))
+    decay = keras.optimizers.schedules.CosineDecay
+    rates = [  # the generator's, then the critic's (critic_steps per step)
+        decay(args.learning_rate, steps * updates, args.final_learning_rate)
+        for updates in (1, args.critic_steps)
+    ]
+    gan.compile(*[keras.optimizers.Adam(r, args.beta_1, args.beta_2) for r in rates])
     return gan
 
 
-# -------------------------------------------------------------- training through fit
+# ----------------------------------------------------- what fit does besides fitting
 class Snapshots(keras.callbacks.Callback):
-    """Samples from fixed noise before training, every ``every`` epochs and at the
-    end (drawn after training); and, as Keras's TerminateOnNaN watches only a
-    "loss", a stop when a GAN loss is NaN or infinite."""
+    """Samples from fixed noise before training, every ``--snapshot-every`` epochs
+    and at the end (samples/epoch_NNN.png); the training CPU time (wall time on a
+    shared machine varies more); and, as Keras's TerminateOnNaN watches only a
+    "loss", a stop when a GAN loss is NaN or infinite (in an epoch's mean)."""
 
-    def __init__(self, noise, every):
+    def __init__(self, run, args, splits):
         super().__init__()
-        self.noise, self.every, self.frames, self.bad_epoch = noise, every, [], None
+        self.run, self.args, self.splits = run, args, splits
+        self.every = args.snapshot_every or max(1, args.epochs // 10)
 
-    def take(self, epoch, logs):
-        samples = self.model.generator(self.noise, training=False)
-        self.frames.append((epoch, ops.convert_to_numpy(samples), dict(logs or {})))
+    def take(self, epoch, words):
+        samples = self.model.sample(SAMPLES[kind_of(self.args.dataset)], seed=7)
+        title = f"{self.args.arch}, epoch {epoch}: {words}"
+        draw_samples(self.splits, samples, title, self.run.path / "samples", epoch)
 
     def on_train_begin(self, logs=None):
-        self.frames, self.bad_epoch = [], None
-        self.take(0, {})
-
-    def on_train_batch_end(self, batch, logs=None):
-        losses = [
-            (logs or {}).get(key, 0) for key in ("discriminator_loss", "generator_loss")
-        ]
-        if not all(math.isfinite(float(loss)) for loss in losses):
-            self.model.stop_training, self.bad_epoch = True, self.bad_epoch or "last"
+        self.cpu_start, self.diverged = time.process_time(), None
+        if not self.run.resumed:  # (a resumed run's weights are not restored yet)
+            self.take(0, "untrained")
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.bad_epoch == "last":
-            self.bad_epoch = epoch + 1
-        last = epoch + 1 == self.params.get("epochs") or self.model.stop_training
+        losses = [logs[key] for key in ("discriminator_loss", "generator_loss")]
+        if not all(math.isfinite(float(loss)) for loss in losses):
+            self.model.stop_training, self.diverged = True, epoch + 1
+        last = epoch + 1 == self.params["epochs"] or self.model.stop_training
         if (epoch + 1) % self.every == 0 or last:
-            self.take(epoch + 1, logs)
+            self.take(epoch + 1, caption(logs))
 
-
-def train(gan, splits, run, args):
-    """The runner's ``fit`` (EarlyStopping on the validation quality, history,
-    checkpoint), with sample snapshots and a watch for NaN losses."""
-    batch, kind = BATCH[kind_of(args.dataset)], kind_of(args.dataset)
-    if not run.resumed:  # the untrained generator: epoch 0 of the figures
-        logs = gan.evaluate(splits.x_val, batch_size=batch, verbose=0, return_dict=True)
-        run.write_config(initial_quality=logs)
-    noise = keras.random.normal((SAMPLES[kind], args.latent_dim), seed=7)
-    snapshots = Snapshots(noise, args.snapshot_every or max(1, args.epochs // 10))
-    title = f"{args.arch} on {args.dataset}: generator and discriminator losses"
-    data = dict(validation_data=(splits.x_val,), validation_batch_size=batch)
-    cpu_start = time.process_time()  # wall time on a shared machine varies more
-    try:
-        result = training.fit(
-            gan,
-            run,
-            splits.x_train,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            patience=args.patience,
-            title=title,
-            callbacks=[snapshots],
-            **data,
-        )
-    finally:
-        if snapshots.frames:
-            progress_figures(run, args, snapshots.frames, splits)
-    if snapshots.bad_epoch is not None:
-        result["status"] = "diverged"
-        run.write_metrics(result)
-        run.write_report(f"{experiment.default_title(LAB, args)} (diverged)", result)
-        raise cli.WorkbookError(
-            f"training diverged: a GAN loss became NaN or infinite in epoch "
-            f"{snapshots.bad_epoch}. The history and plots are in {run.path} "
-            "(metrics.json status diverged). Try a lower --learning-rate, e.g. 10 "
-            "times smaller."
-        )
-    result["train_cpu_seconds"] = round(time.process_time() - cpu_start, 2)
-    return result
+    def on_train_end(self, logs=None):
+        seconds = round(time.process_time() - self.cpu_start, 2)
+        self.run.write_config(train_cpu_seconds=seconds)
+        if self.diverged:
+            metrics = {"status": "diverged", "diverged_epoch": self.diverged}
+            self.run.write_metrics(metrics)
+            self.run.write_report(f"{self.run.lab} (diverged)", metrics)
+            raise cli.WorkbookError(
+                f"training diverged: a GAN loss became NaN or infinite in epoch "
+                f"{self.diverged}. The history and samples are in {self.run.path} "
+                "(metrics.json status diverged). Try a lower --learning-rate, e.g. "
+                "10 times smaller."
+            )
 
 
 # --------------------------------------------------------------------------- figures
-def mosaic(images, columns):
-    """Tile images in [-1, 1] into one [0, 1] array, 1-pixel gaps between them."""
-    count, height, width, channels = images.shape
-    rows = -(-count // columns)
-    tiles = np.ones((rows * columns, height + 1, width + 1, channels))
-    tiles[:count, 1:, 1:] = np.clip((images + 1.0) / 2.0, 0.0, 1.0)
-    tiles = tiles.reshape(rows, columns, height + 1, width + 1, channels)
-    tiles = tiles.transpose(0, 2, 1, 3, 4).reshape(rows * (height + 1), -1, channels)
-    return tiles[..., 0] if channels == 1 else tiles
-
-
-def draw_samples(axis, splits, samples, title, columns=8):
-    """Generated points over the real ring, or a mosaic of generated images."""
-    axis.set_title(title, fontsize=9)
+def draw_samples(splits, samples, title, folder, epoch=None):
+    """Generated points over the real ring, or 8 x 8 generated images with 1-pixel
+    gaps; saved as folder/epoch_NNN.png, or folder/samples.png."""
+    figure, axis = plots.plt.subplots(figsize=(5, 5))
+    axis.set_title(title, fontsize=10)
     if splits.name != "ring":
-        tiles = mosaic(samples[: columns * columns], columns)
-        gray = "gray" if tiles.ndim == 2 else None
+        count, height, width, channels = samples.shape  # 64 images in [-1, 1]
+        tiles = np.ones((count, height + 1, width + 1, channels))
+        tiles[:, 1:, 1:] = np.clip((samples + 1.0) / 2.0, 0.0, 1.0)
+        tiles = tiles.reshape(8, 8, height + 1, width + 1, channels).swapaxes(1, 2)
+        tiles = tiles.reshape(8 * (height + 1), 8 * (width + 1), channels).squeeze()
+        gray = "gray" if channels == 1 else None
         axis.imshow(tiles, cmap=gray, vmin=0, vmax=1, interpolation="nearest")
-        shown = f"{min(len(samples), columns * columns)} generated images"
-        return axis.set(xticks=[], yticks=[], xlabel=shown)
-    real, limit = splits.x_val, RING["radius"] + 1.0
-    label = "real samples (inside the red circles)"
-    axis.scatter(*real.T, s=4, color="0.6", alpha=0.5, label=label)
-    axis.scatter(*samples.T, s=3, color="tab:blue", alpha=0.5, label="generated")
-    for index, centre in enumerate(ring_modes(RING["num_modes"], RING["radius"])):
-        label = "3 std around a mode" if index == 0 else None
-        axis.add_patch(
-            Circle(centre, 3 * RING["std"], fill=False, color="red", label=label)
-        )
-    axis.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal")
-    axis.set(xlabel="x1 (data units)", ylabel="x2 (data units)")
-    axis.legend(loc="best", fontsize=7, markerscale=3)
-
-
-CAPTIONS = {  # the quality of samples in a few words, from logs or metrics
-    "modes_covered": "{modes_covered:.0f} of 8 modes, high-quality share "
-    "{high_quality_share:.2f}",
-    "frechet_distance": "FD {frechet_distance:.2f}, confidence "
-    "{classifier_confidence:.2f}",
-}
+        axis.set(xticks=[], yticks=[], xlabel=f"{count} generated images")
+    else:
+        label = "real samples, 3 std around each mode (red)"
+        axis.scatter(*splits.x_val.T, s=4, color="0.6", alpha=0.5, label=label)
+        axis.scatter(*samples.T, s=3, color="tab:blue", alpha=0.5, label="generated")
+        for centre in ring_modes(RING["num_modes"], RING["radius"]):
+            axis.add_patch(Circle(centre, 3 * RING["std"], fill=False, ec="red"))
+        limits = (-RING["radius"] - 1.0, RING["radius"] + 1.0)
+        axis.set(xlim=limits, ylim=limits, aspect="equal", xlabel="x1 (data units)")
+        axis.set_ylabel("x2 (data units)")
+        axis.legend(loc="center", fontsize=8, markerscale=3)
+    folder.mkdir(exist_ok=True)
+    name = "samples.png" if epoch is None else f"epoch_{epoch:03d}.png"
+    return plots.save(figure, folder / name)
 
 
 def caption(logs, prefix="val_"):
+    """The quality of samples in a few words, from a run's logs or metrics."""
     values = {key.removeprefix(prefix): value for key, value in logs.items()}
-    texts = [text for key, text in CAPTIONS.items() if key in values] + ["untrained"]
-    return texts[0].format(**values)
+    if "modes_covered" in values:
+        share = values["high_quality_share"]
+        return f"{values['modes_covered']:.0f} of 8 modes, {share:.2f} high-quality"
+    confidence = values["classifier_confidence"]
+    return f"FD {values['frechet_distance']:.2f}, confidence {confidence:.2f}"
 
 
-def progress_figures(run, args, frames, splits):
-    """samples/epoch_NNN.png per snapshot, plots/progress.png and .gif."""
+def progress_figures(run):
+    """plots/progress.gif from every samples/epoch_NNN.png (a resumed run's too),
+    plots/progress.png: up to 6 of them side by side."""
     from PIL import Image
 
-    (run.path / "samples").mkdir(exist_ok=True)
-    for epoch, samples, logs in frames:
-        figure, axis = plots.plt.subplots(figsize=(5, 5))
-        title = f"{args.arch}, epoch {epoch}: {caption(logs)}"
-        draw_samples(axis, splits, samples, title)
-        plots.save(figure, run.path / "samples" / f"epoch_{epoch:03d}.png")
-    images = []  # from the files, so that a resumed run's GIF shows the whole run
-    for path in sorted((run.path / "samples").glob("epoch_*.png")):
-        with Image.open(path) as image:
-            images.append(image.convert("RGB").quantize(colors=128))
-    durations = [600] * (len(images) - 1) + [2000]
-    gif = dict(save_all=True, append_images=images[1:], duration=durations, loop=0)
-    images[0].save(run.plots / "progress.gif", **gif)
-    picks = np.linspace(0, len(frames) - 1, min(6, len(frames))).round().astype(int)
-    chosen = list({frames[index][0]: frames[index] for index in picks}.values())
-    size = (3.6 * len(chosen), 4.1)
-    figure, axes = plots.plt.subplots(1, len(chosen), figsize=size, squeeze=False)
-    for axis, (epoch, samples, logs) in zip(axes[0], chosen):
-        draw_samples(axis, splits, samples, f"epoch {epoch}:\n{caption(logs)}", 6)
-        if axis is not axes[0][-1] and axis.get_legend():
-            axis.get_legend().remove()
-    figure.suptitle(f"{args.arch} on {args.dataset}: samples from fixed noise")
-    return plots.save(figure, run.plots / "progress.png")
-
-
-PANELS = {  # validation key: (axis label, y limits)
-    "val_modes_covered": ("modes covered (of 8)", (-0.3, 8.3)),
-    "val_high_quality_share": ("high-quality share", (-0.03, 1.03)),
-    "val_frechet_distance": ("Frechet distance (classifier features)", None),
-    "val_classifier_confidence": ("classifier confidence", (0, 1.03)),
-}
-REAL = {  # what real data scores: validation key -> (figure's key, label)
-    "val_frechet_distance": ("frechet_distance_real_validation", "two real samples"),
-    "val_classifier_confidence": ("classifier_confidence_real", "real test images"),
-}
-
-
-def quality_figure(splits, rows, path, title):
-    """The validation quality per epoch (epoch 0 = the untrained generator)."""
-    figure, axes = plots.plt.subplots(1, 2, figsize=(11, 4))
-    keys = [key for key in PANELS if key in rows[0]]
-    for axis, key in zip(axes, keys):
-        label, limits = PANELS[key]
-        epochs, values = [row["epoch"] for row in rows], [row.get(key) for row in rows]
-        axis.plot(epochs, values, "o-", markersize=3, label="generated vs validation")
-        if key in REAL:
-            value, meaning = splits.notes[REAL[key][0]], REAL[key][1]
-            axis.axhline(value, color="gray", linestyle="--", label=meaning)
-        axis.set(xlabel="epoch (0 = untrained)", ylabel=label, title=label)
-        axis.set_ylim(*(limits or axis.get_ylim()))
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.suptitle(title)
-    return plots.save(figure, path)
-
-
-EXPLANATION = {
-    "ring": "A mode is covered when at least 2% of the generated points fall within "
-    "3 std of it; the high-quality share is the share within 3 std of any mode; the "
-    "mode distance (val_loss) is the total-variation distance between the real and "
-    "generated histograms over the 8 modes and 'off every mode'.",
-    "images": "The Frechet distance (val_loss) is measured in the 32 penultimate "
-    "features of a small classifier CNN trained on the same data: not Inception "
-    "FID, comparable only between runs sharing the classifier (same dataset and "
-    "seed). frechet_distance_real is the real-vs-real floor; classifier_confidence "
-    "the classifier's mean top probability on generated images.",
-}
+    paths = sorted((run.path / "samples").glob("epoch_*.png"))
+    images = [Image.open(path).convert("RGB") for path in paths]
+    frames = [image.quantize(colors=128) for image in images]
+    durations = [600] * (len(frames) - 1) + [2000]
+    gif = dict(save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    frames[0].save(run.plots / "progress.gif", **gif)
+    picks = sorted({round(k * (len(images) - 1) / 5) for k in range(6)})
+    width, height = images[0].size  # every frame is a titled figure of one size
+    strip = Image.new("RGB", (width * len(picks), height), "white")
+    for slot, index in enumerate(picks):
+        strip.paste(images[index], (slot * width, 0))
+    strip.save(run.plots / "progress.png")
 
 
 def evaluate(gan, splits, run, args):
-    """Test-split quality, the quality and samples figures, generator.keras."""
-    kind = kind_of(args.dataset)
-    logs = gan.evaluate(
-        splits.x_test, batch_size=BATCH[kind], verbose=0, return_dict=True
-    )
-    initial = {k: v for k, v in run.config["initial_quality"].items() if k != "loss"}
-    sizes = gan.generator.count_params(), gan.discriminator.count_params()
-    metrics = dict(params=sum(sizes), generator_params=sizes[0])
-    metrics["discriminator_params"] = sizes[1]
-    metrics.update({key: value for key, value in logs.items() if key != "loss"})
-    for network in ("generator", "discriminator"):  # who was updated how often
+    """Test-split quality; the samples, progress and quality figures;
+    generator.keras."""
+    kind, batch = kind_of(args.dataset), BATCH[kind_of(args.dataset)]
+    seed_everything(args.seed)  # the untrained GAN once more: epoch 0's quality
+    untrained = build_model(args, splits)
+    initial, logs = [
+        model.evaluate(x, batch_size=batch, verbose=0, return_dict=True)
+        for model, x in ((untrained, splits.x_val), (gan, splits.x_test))
+    ]
+    metrics = {key: value for key, value in logs.items() if key != "loss"}
+    for network in ("generator", "discriminator"):  # sizes; who was updated how often
+        metrics[f"{network}_params"] = getattr(gan, network).count_params()
         steps = getattr(gan, f"{network}_optimizer").iterations
         metrics[f"{network}_updates"] = int(ops.convert_to_numpy(steps))
+    metrics["params"] = metrics["generator_params"] + metrics["discriminator_params"]
+    metrics["train_cpu_seconds"] = run.config["train_cpu_seconds"]
     if kind == "ring":
         metrics["modes_covered"] = int(round(metrics["modes_covered"]))
-        metrics["modes_covered_initial"] = int(round(initial["modes_covered"]))
     else:
+        metrics.update(splits.reference)
         metrics["frechet_distance_initial"] = initial["frechet_distance"]
-        metrics.update(splits.quality_reference)
-        metrics["feature_space"] = "32 penultimate features of a classifier CNN"
     rows = json.loads((run.path / "history.json").read_text())
     best = min(rows, key=lambda row: row["val_loss"])["epoch"]
-    rows = [{"epoch": 0, **{f"val_{k}": v for k, v in initial.items()}}, *rows]
     title = experiment.default_title(LAB, args)
-    quality_figure(splits, rows, run.plots / "quality.png", f"{title}: sample quality")
-    figure, axis = plots.plt.subplots(figsize=(6, 6))
     words = f"{title}, best epoch {best}:\n{caption(metrics, prefix='')}"
-    draw_samples(axis, splits, gan.sample(SAMPLES[kind], seed=7), words)
-    plots.save(figure, run.plots / "samples.png")
+    draw_samples(splits, gan.sample(SAMPLES[kind], seed=7), words, run.plots)
+    progress_figures(run)
+    rows = [{"epoch": 0, **{f"val_{k}": v for k, v in initial.items()}}, *rows]
+    key = f"val_{QUALITY[kind]}"
+    lines = {f"{key} (generated vs validation)": [row[key] for row in rows]}
+    if kind == "ring":
+        lines["val_modes_covered / 8"] = [row["val_modes_covered"] / 8 for row in rows]
+        markers = []
+    else:
+        floor = splits.reference["frechet_distance_real_validation"]
+        markers = [(floor, "two real samples")]
+    lines = {
+        name: ([row["epoch"] for row in rows], line) for name, line in lines.items()
+    }
+    path, xlabel = run.plots / "quality.png", "epoch (0 = untrained)"
+    title = f"{title}: sample quality per epoch"
+    plots.curves(lines, path, title, xlabel, "quality", markers=markers)
     run.save_model(gan.generator, "generator.keras")
-    run.add_section("How to read it", EXPLANATION[kind])
     run.add_section("Progress", "![progress](plots/progress.gif)")
     return metrics
 
@@ -782,9 +622,8 @@ def evaluate(gan, splits, run, args):
 # --------------------------------------------------------------------------- the lab
 def add_arguments(parser):
     parser.epilog = (
-        "Defaults of None depend on --arch and the data (HYPERPARAMETERS in "
-        "labs/lab3_gan.py). --patience is off by default: every epoch runs and the "
-        "epoch with the best validation quality is kept."
+        "Defaults of None: per --arch and data, from HYPERPARAMETERS in the lab. "
+        "--patience is off unless given: the epoch with the best quality is kept."
     )
     flags = {  # flag: (type, help)
         "--critic-steps": (cli.positive_int, "discriminator steps per generator step"),
@@ -800,7 +639,7 @@ def check_arguments(args, parser):
     if args.dataset is None:
         args.dataset = "digits" if args.compare or args.arch == "dcgan" else "ring"
     if args.quick and args.epochs is None:
-        args.epochs = QUICK_EPOCHS  # every arch's default is longer
+        args.epochs = 2  # the runner's quick_epochs; every arch's default is longer
     if args.compare:
         return
     if args.dataset == "ring" and args.arch == "dcgan":
@@ -827,22 +666,14 @@ def prepare(args, splits, run):
     run.write_config(hyperparameters={key: getattr(args, key) for key in values})
 
 
-def variants(args):
-    kind = kind_of(args.dataset)
-    archs = [arch for arch in ARCHITECTURES if (arch, kind) in HYPERPARAMETERS]
-    return {arch: {"arch": arch} for arch in archs}
-
-
 LAB = experiment.Lab(
     name="lab3_gan",
-    description="Lab 3: a GAN (vanilla MLP, DCGAN or WGAN-GP) trained through fit, "
-    "and the quality of its samples measured.",
-    hyperparameters=SHARED_FLAGS,
+    description="Lab 3: a GAN (vanilla MLP, DCGAN or WGAN-GP) trained through fit.",
+    hyperparameters=dict.fromkeys([*COLUMNS[:3], "patience"]),  # None: per arch
     architectures=ARCHITECTURES,
     default_arch="mlp",
     datasets="ring (8 Gaussians; default for mlp and wgan-gp), digits (embedded; "
-    "default for dcgan and --compare), mnist, fashion_mnist, cifar10, npz:PATH, "
-    "folder:PATH",
+    "default for dcgan and --compare), mnist, fashion_mnist, cifar10, npz:, folder:",
     default_dataset=None,
     load_data=load_data,
     build=build_model,
@@ -851,12 +682,17 @@ LAB = experiment.Lab(
     check_arguments=check_arguments,
     headline=lambda args: (QUALITY[kind_of(args.dataset)], "min"),
     prepare=prepare,
-    train=train,
-    variants=variants,
+    fit_kwargs=lambda args, splits, run: dict(
+        callbacks=[Snapshots(run, args, splits)],
+        validation_batch_size=BATCH[kind_of(args.dataset)],
+    ),
+    variants=lambda args: {  # on the ring: mlp and wgan-gp (dcgan needs images)
+        a: {"arch": a}
+        for a in ARCHITECTURES
+        if (a, kind_of(args.dataset)) in HYPERPARAMETERS
+    },
     summary=lambda metrics: caption(metrics, prefix=""),
-    title=lambda args: f"Lab 3: {args.arch} GAN on {args.dataset}",
     quick_sizes=QUICK_SIZES,
-    quick_epochs=QUICK_EPOCHS,
     threads=1,  # tiny networks: on 2 shared cores a second thread costs more
 )
 
