@@ -116,8 +116,12 @@ def plain_torch():
     return augment
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog=COMMAND,
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--batches", type=int, default=20, help="batches per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
@@ -125,8 +129,16 @@ def main(argv=None):
     )
     parser.add_argument("--keras-repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    for name in ("batches", "repeats", "keras_batches", "keras_repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -223,6 +223,12 @@ def parse_args(argv):
         "--timeout", type=int, default=600, help="seconds allowed per run"
     )
     parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="pass --quick to every lab (tiny data, at most 2 epochs): a smoke "
+        "test of the bench, not a measurement",
+    )
+    parser.add_argument(
         "--keep", metavar="DIR", default=None, help="keep the run directories here"
     )
     parser.add_argument(
@@ -245,7 +251,7 @@ def parse_args(argv):
         parser.error("--epochs must be at least 2 (epoch 1 holds the compilation)")
     if args.timeout < 1:
         parser.error("--timeout must be at least 1")
-    args.lab_arguments = ["--epochs", str(args.epochs)]
+    args.lab_arguments = ["--epochs", str(args.epochs)] + ["--quick"] * args.quick
     return args
 
 

@@ -17,12 +17,12 @@ Adam) on the adding problem, measured as
 
 The last column is Keras (1 thread) / torch reference, measured in the same run.
 
-Keras runs with ``common.speedups`` installed (it imports Lab 2, which trains
-through ``common.training``): LSTM/GRU/SimpleRNN go through torch's fused kernels
-unless a mask is given.
+Keras runs with ``common.speedups`` installed, as the labs' runner installs it
+(``WORKBOOK_KERAS_FIXES=0`` measures Keras as shipped): LSTM/GRU/SimpleRNN go
+through torch's fused kernels unless a mask is given.
 
-Measured on a 2-core x86_64 CPU (load average 1.1-1.3), Keras 3.15.1, torch
-2.13.0, ``python -m bench.rnn_speed``:
+Measured before the labs moved onto the shared runner, on a 2-core x86_64 CPU
+(load average 1.1-1.3), Keras 3.15.1, torch 2.13.0, ``python -m bench.rnn_speed``:
 
 | cell | Keras fit, 1 thread | Keras fit, 2 threads | Keras + Masking, 1 thread | plain torch loop, 1 thread | Keras / torch |
 |---|---|---|---|---|---|
@@ -86,8 +86,10 @@ def keras_ms(cell, x, y, args, threads, masked=False):
     import keras
     import torch
 
+    from common.data import Splits
+    from common.experiment import parse_args
     from common.runs import seed_everything
-    from labs.lab2_rnn import SequenceData, build_model, recurrent
+    from labs.lab2_rnn import LAB, build_model, recurrent
 
     torch.set_num_threads(threads)
     seed_everything(0)
@@ -105,8 +107,13 @@ def keras_ms(cell, x, y, args, threads, masked=False):
         model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
         model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")
     else:
-        data = SequenceData("adding", "regression", x, y, x, y, x, y, source="bench")
-        model = build_model("3", cell, data, args.units, 3e-3)
+        lab_args = parse_args(
+            LAB,
+            ["--dataset", "adding", "--arch", "3", "--cell", cell]
+            + ["--units", str(args.units), "--learning-rate", "3e-3"],
+        )
+        data = Splits("adding", "bench", x, y, x, y, x, y, task="regression")
+        model = build_model(lab_args, data)
 
     def train_steps():
         model.fit(x, y, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
@@ -164,6 +171,9 @@ def main(argv=None):
     import keras
     import torch
 
+    from common import speedups
+
+    speedups.install()  # as the runner does; WORKBOOK_KERAS_FIXES=0: as shipped
     from common.data import make_adding
 
     x, y = make_adding(args.steps * args.batch_size, args.seq_len, seed=0)

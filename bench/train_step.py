@@ -39,7 +39,8 @@ steady-state Keras and torch steps. ``--threads`` defaults to 1: on a 2-core
 machine shared with other jobs, 2 spinning OpenMP threads make every figure 3-25x
 slower and meaningless.
 
-Measured (2-core CPU, load ~1, 1 torch thread; keras 3.15.1, torch 2.13.0+cpu),
+Measured before the labs moved onto the shared runner (2-core CPU, load ~1, 1
+torch thread; keras 3.15.1, torch 2.13.0+cpu),
 ``python -m bench.train_step --repeats 5``, CPU ms per step (wall within 1-3 %),
 medians of 5 interleaved triples:
 
@@ -83,7 +84,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from common import speedups, training  # noqa: E402
+from common import experiment, speedups, training  # noqa: E402
+from common.data import Splits  # noqa: E402
 from common.runs import keras_fixes, seed_everything  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,6 +252,16 @@ def torch_adam(parameters, learning_rate, beta_1=0.9, beta_2=0.999):
     )
 
 
+def cosine_decay(optimizer, decay_steps, alpha):
+    """keras.optimizers.schedules.CosineDecay as a torch LambdaLR (per step)."""
+
+    def factor(step):
+        progress = min(step, decay_steps) / decay_steps
+        return (1 - alpha) * 0.5 * (1 + math.cos(math.pi * progress)) + alpha
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def batches(count, batch_size):
     return [slice(start, start + batch_size) for start in range(0, count, batch_size)]
 
@@ -322,7 +334,7 @@ def copy_baseline(model, module):
         bn.bias.copy_(weight(keras_bn.beta))
         bn.running_mean.copy_(weight(keras_bn.moving_mean))
         bn.running_var.copy_(weight(keras_bn.moving_variance))
-    dense = model.get_layer("head_softmax")
+    dense = model.get_layer("softmax")
     module.classifier.weight.copy_(weight(dense.kernel).T)
     module.classifier.bias.copy_(weight(dense.bias))
 
@@ -330,7 +342,8 @@ def copy_baseline(model, module):
 def lab1_case(name, args):
     from labs import lab1_cnn
 
-    hyper = lab1_cnn.HYPERPARAMETERS
+    lab_args = experiment.parse_args(lab1_cnn.LAB, ["--arch", "baseline"])
+    hyper = vars(lab_args)
     if name == "lab1_digits":
         from common.data import load_images
 
@@ -355,37 +368,45 @@ def lab1_case(name, args):
             f"batch {batch_size}"
         )
     input_shape = x_train.shape[1:]
+    splits = Splits(
+        "bench",
+        "bench arrays",
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        x_val,
+        y_val,
+        class_names=[str(label) for label in range(num_classes)],
+    )
 
     def build_keras(**compile_overrides):
+        """The lab's own build_model (Normalization, baseline, compile); the
+        channels_first variant builds the same layers by hand."""
+        if not compile_overrides.pop("channels_first", False):
+            model = lab1_cnn.build_model(lab_args, splits)
+            if compile_overrides:
+                model = compile_lab1(model, hyper["learning_rate"], **compile_overrides)
+            return model
         previous = keras.config.image_data_format()
-        if compile_overrides.pop("channels_first", False):
-            keras.config.set_image_data_format("channels_first")
+        keras.config.set_image_data_format("channels_first")
         try:
-            normalization = keras.layers.Normalization(
-                axis=1 if keras.config.image_data_format() == "channels_first" else -1,
-                name="standardize",
-            )
-            shape = input_shape
-            train = x_train
-            if keras.config.image_data_format() == "channels_first":
-                shape = (input_shape[2], *input_shape[:2])
-                train = np.transpose(x_train, (0, 3, 1, 2))
-            normalization.adapt(train)
-            model = lab1_cnn.build_baseline(
-                shape,
+            shape = (input_shape[2], *input_shape[:2])
+            normalization = keras.layers.Normalization(axis=1, name="standardize")
+            normalization.adapt(np.transpose(x_train, (0, 3, 1, 2)))
+            inputs = keras.Input(shape, name="image")
+            outputs = lab1_cnn.build_baseline(
+                normalization(inputs),
                 num_classes,
-                normalization,
-                None,
-                width=hyper["width"],
-                dropout=hyper["dropout"],
-                activation=hyper["activation"],
+                hyper["width"],
+                hyper["dropout"],
+                hyper["activation"],
             )
+            model = keras.Model(inputs, outputs, name="baseline")
         finally:
             keras.config.set_image_data_format(previous)
         return compile_lab1(model, hyper["learning_rate"], **compile_overrides)
 
-    y_train_onehot = keras.utils.to_categorical(y_train, num_classes)
-    y_val_onehot = keras.utils.to_categorical(y_val, num_classes)
     mean, variance = x_train.mean(axis=(0, 1, 2)), x_train.var(axis=(0, 1, 2))
     layout = memory_format(args)
     module = TorchBaseline(
@@ -429,8 +450,8 @@ def lab1_case(name, args):
         build_keras,
         dict(
             x=x_train,
-            y=y_train_onehot,
-            validation_data=(x_val, y_val_onehot),
+            y=y_train,
+            validation_data=(x_val, y_val),
             monitor="val_loss",
             patience=hyper["patience"],
         ),
@@ -439,18 +460,15 @@ def lab1_case(name, args):
         len(x_train),
         copy_baseline,
         compare,
-        extra=dict(x_val=x_val, y_val=y_val_onehot, channels=input_shape[-1]),
+        extra=dict(x_val=x_val, y_val=y_val, channels=input_shape[-1]),
     )
 
 
 def compile_lab1(model, learning_rate, metrics=None, **overrides):
-    from labs import lab1_cnn
-
-    if metrics is None and not overrides:
-        return lab1_cnn.compile_model(model, learning_rate)
+    """Lab 1's compile (Adam, sparse cross-entropy, accuracy) with overrides."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(),
+        loss="sparse_categorical_crossentropy",
         metrics=["accuracy"] if metrics is None else metrics,
         **overrides,
     )
@@ -514,16 +532,18 @@ def lab2_case(name, args):
     from labs import lab2_rnn
 
     cell = name.split("_")[1]
-    hyper = lab2_rnn.HYPERPARAMETERS
+    lab_args = experiment.parse_args(
+        lab2_rnn.LAB, ["--dataset", "adding", "--arch", "3", "--cell", cell]
+    )
+    hyper = vars(lab_args)
     num_train, num_val = SIZES[name]
-    seq_len = lab2_rnn.SEQ_LEN["adding"]
-    data = lab2_rnn.load_adding(seq_len, num_train, num_val, 64, seed=0)
+    seq_len = lab_args.seq_len
+    data = lab2_rnn.load_adding(seq_len, num_train, seed=0)
+    data.x_val, data.y_val = data.x_val[:num_val], data.y_val[:num_val]
     batch_size = hyper["batch_size"]
 
     def build_keras(**compile_overrides):
-        model = lab2_rnn.build_model(
-            "3", cell, data, hyper["units"], hyper["learning_rate"]
-        )
+        model = lab2_rnn.build_model(lab_args, data)
         if compile_overrides:
             metrics = compile_overrides.pop("metrics", ["mae"])
             model.compile(
@@ -573,7 +593,7 @@ def lab2_case(name, args):
         name,
         title,
         batch_size,
-        hyper.get("threads"),
+        lab2_rnn.LAB.threads,
         build_keras,
         dict(
             x=data.x_train,
@@ -724,31 +744,33 @@ def copy_gan(gan, modules):
 def lab3_case(name, args):
     from labs import lab3_gan
 
-    data = lab3_gan.load_data("digits", seed=0, quick=False)
-    data.x_train = data.x_train[: SIZES[name][0]]
-    hyper = dict(lab3_gan.HYPERPARAMETERS[("dcgan", "images")])
-    batch_size = hyper["batch_size"]
-    image_shape = data.sample_shape
-    classifier = lab3_gan.build_feature_classifier(
-        image_shape, len(data.class_names), lab3_gan.CLASSIFIER["feature_dim"]
+    lab_args = experiment.parse_args(
+        lab3_gan.LAB, ["--arch", "dcgan", "--dataset", "digits"]
     )
-    extractor = lab3_gan.feature_extractor_from(classifier)
+    values = lab3_gan.HYPERPARAMETERS[("dcgan", "images")]
+    for key, value in zip(lab3_gan.COLUMNS, values):  # what the lab's prepare does
+        if getattr(lab_args, key, None) is None:
+            setattr(lab_args, key, value)
+    hyper = vars(lab_args)
+    with contextlib.redirect_stdout(io.StringIO()):  # trains the feature classifier
+        data = lab3_gan.load_data(lab_args)
+    data.x_train = data.x_train[: SIZES[name][0]]
+    batch_size = hyper["batch_size"]
+    image_shape = data.input_shape
+    steps = hyper["epochs"] * math.ceil(len(data.x_train) / batch_size)
 
     def build_keras(**compile_overrides):
         if set(compile_overrides) - {"jit_compile"}:
             raise ValueError("the GAN compiles its own two optimizers and metrics")
-        gan = lab3_gan.make_gan("dcgan", data, hyper, extractor, seed=0)
+        gan = lab3_gan.build_model(lab_args, data)
         gan.jit_compile = compile_overrides.get("jit_compile", False)
         return gan
 
     def lab_callbacks():
         noise = keras.random.normal(
-            (lab3_gan.SNAPSHOT_SAMPLES["images"], hyper["latent_dim"]), seed=7
+            (lab3_gan.SAMPLES["images"], hyper["latent_dim"]), seed=7
         )
-        return [
-            lab3_gan.StopWhenNotFinite(),
-            lab3_gan.Snapshots(noise, max(1, hyper["epochs"] // 10)),
-        ]
+        return [lab3_gan.Snapshots(noise, max(1, hyper["epochs"] // 10))]
 
     layout = memory_format(args)
     generator = TorchGenerator(hyper["latent_dim"], image_shape, hyper["width"]).to(
@@ -758,9 +780,7 @@ def lab3_case(name, args):
         memory_format=layout
     )
     features = (
-        TorchFeatures(image_shape, lab3_gan.CLASSIFIER["feature_dim"])
-        .to(memory_format=layout)
-        .eval()
+        TorchFeatures(image_shape, lab3_gan.FEATURES).to(memory_format=layout).eval()
     )
     modules = nn.ModuleDict(dict(generator=generator, discriminator=discriminator))
     betas = dict(beta_1=hyper["beta_1"], beta_2=hyper["beta_2"])
@@ -768,6 +788,10 @@ def lab3_case(name, args):
     d_optimizer = torch_adam(
         discriminator.parameters(), hyper["learning_rate"], **betas
     )
+    schedules = [  # the lab's cosine decay of both rates, stepped per update
+        cosine_decay(optimizer, steps, hyper["final_learning_rate"])
+        for optimizer in (g_optimizer, d_optimizer)
+    ]
     g_weights = list(generator.parameters())
     d_weights = list(discriminator.parameters())
     bce = nn.BCEWithLogitsLoss()
@@ -791,6 +815,8 @@ def lab3_case(name, args):
         scores = discriminator(generator(torch.randn(count, latent_dim)))
         g_loss = bce(scores, torch.ones_like(scores))
         update(g_loss, g_weights, g_optimizer)
+        for schedule in schedules:
+            schedule.step()
         return [d_loss.detach() * count, g_loss.detach() * count]
 
     def validate():
@@ -839,7 +865,7 @@ def lab3_case(name, args):
             x=data.x_train,
             y=None,
             validation_data=(data.x_val,),
-            validation_batch_size=256,
+            validation_batch_size=lab3_gan.BATCH["images"],
             monitor="val_loss",
             patience=hyper["epochs"] + 1,
         ),
@@ -1586,6 +1612,7 @@ def parse_args(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    speedups.install()  # as the runner does; WORKBOOK_KERAS_FIXES=0: as shipped
     scratch = Path(tempfile.mkdtemp(prefix="bench_train_step_"))
     try:
         if args.profile:
