@@ -88,30 +88,55 @@ def text_of(output):
     return output.get("text", "") + output.get("data", {}).get("text/plain", "")
 
 
-@pytest.mark.parametrize("name", SOURCES)
-def test_notebook_runs(name, tmp_path):
-    """Run every cell in a fresh kernel (cwd notebooks/, as Jupyter opens it); any
-    error cell fails the test. Runs go to a temporary folder, not runs/."""
+def execute(name, folder, backend=None):
+    """Run every cell of notebooks/<name>.py in a fresh kernel, with the notebook's
+    folder as the working directory (as Jupyter opens it) and runs written under
+    ``folder``; ``backend`` replaces the first cell's choice. Any error cell
+    raises. Returns the executed notebook."""
     notebook = jupytext.read(NOTEBOOKS / f"{name}.py")
-    environment = {**os.environ, "WORKBOOK_RUNS": str(tmp_path / "runs")}
+    if backend:
+        setup = notebook.cells[2]
+        choice = 'os.environ["KERAS_BACKEND"] = "torch"'
+        assert choice in setup.source, "the first code cell no longer sets the backend"
+        setup.source = setup.source.replace(choice, choice.replace("torch", backend))
+    environment = {**os.environ, "WORKBOOK_RUNS": str(folder / "runs")}
     environment.pop(
         "MPLBACKEND", None
     )  # the kernel's own inline backend, as in Jupyter
     environment.pop("KERAS_BACKEND", None)  # the notebook sets it
     client = NotebookClient(
         notebook,
-        km=venv_kernel(tmp_path),
+        km=venv_kernel(folder),
         timeout=CELL_TIMEOUT,
         resources={"metadata": {"path": str(NOTEBOOKS)}},
     )
     client.execute(env=environment)
+    return notebook
+
+
+def check_outputs(notebook, folder, backend="torch"):
     outputs = outputs_of(notebook)
     assert not [output for output in outputs if output.output_type == "error"]
     text = "".join(text_of(output) for output in outputs)
+    assert f"backend: {backend}" in text
     assert "Total params" in text, "no model.summary() in the outputs"
     assert "run: " in text, "the lab's run did not finish (no `run:` line)"
     images = [output for output in outputs if "image/png" in output.get("data", {})]
     assert images, "no plot shown inline"
-    runs = list((tmp_path / "runs").glob("*/*/metrics.json"))
+    runs = list((folder / "runs").glob("*/*/metrics.json"))
     assert runs, "no run folder with metrics.json under WORKBOOK_RUNS"
-    (tmp_path / f"{name}.ipynb").write_text(nbformat.writes(notebook))
+    config = json.loads((runs[0].parent / "config.json").read_text())
+    assert config["backend"] == backend
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_notebook_runs(name, tmp_path):
+    """The notebook runs top to bottom in its small setting, with the model summary,
+    the lab's run and its plots in the outputs; runs go to a temporary folder."""
+    check_outputs(execute(name, tmp_path), tmp_path)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_notebook_on_other_backend(backend, tmp_path):
+    """The first cell's other two backends work (one notebook; backend matrix)."""
+    check_outputs(execute("lab2_rnn", tmp_path, backend), tmp_path, backend)
