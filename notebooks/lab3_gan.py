@@ -84,9 +84,10 @@ print(f"workbook: {ROOT}, backend: {os.environ['KERAS_BACKEND']}")
 
 # %% [markdown]
 # ## Settings
-# `FULL = False` is a quick run (seconds: 2 epochs on 1,024 points; the samples have
-# barely left the origin). `FULL = True` is the lab's full setting (README results
-# table: about half a minute of training for mlp, two for wgan-gp, on 2 CPU cores).
+# `FULL = False` is a quick run (seconds: 2 epochs on 1,024 points; the samples are
+# one blob that covers no mode yet). `FULL = True` is the lab's full setting (README
+# results table: about half a minute of training for mlp, two minutes for wgan-gp,
+# on 2 CPU cores).
 
 # %%
 FULL = False  # True: the lab's full setting (README results table)

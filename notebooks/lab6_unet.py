@@ -84,9 +84,9 @@ print(f"workbook: {ROOT}, backend: {os.environ['KERAS_BACKEND']}")
 
 # %% [markdown]
 # ## Settings
-# `FULL = False` is a quick run (2 epochs on 32 scenes; the masks it predicts are
-# mostly background). `FULL = True` is the lab's full setting (README results
-# table).
+# `FULL = False` is a quick run (2 epochs on 32 scenes: the mechanics only, the
+# predicted masks are still noise). `FULL = True` is the lab's full setting (README
+# results table; a U-Net on 1,500 scenes is slow on a CPU).
 
 # %%
 FULL = False  # True: the lab's full setting (README results table)
