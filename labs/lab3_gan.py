@@ -35,12 +35,11 @@ from common import cli, experiment, gradients, plots
 from common.data import Splits, load_images, make_ring, ring_modes
 from common.runs import seed_everything
 
-# Per (arch, kind of data). Units: epochs = passes over the training split; batch =
-# real samples per step; rate = initial Adam step size of both networks, decayed
-# (cosine) to final x rate by the last step; latent = noise size; width = units per
-# dense layer or filters of the first convolution; depth = dense hidden layers;
-# critic = discriminator steps per generator step; penalty = the gradient penalty's
-# lambda (10 on images, as in the paper; on the ring 1, as 0.1 covered 8 modes later).
+# Per (arch, kind of data). Units: epochs over the training split; real samples per
+# batch; Adam step size of both networks, cosine-decayed to final x rate by the last
+# step; noise size; units per dense layer or filters of the first convolution; dense
+# hidden layers; critic steps per generator step; the gradient penalty's lambda (10
+# on images, as in the paper; 1 on the ring, where 0.1 covered all 8 modes later).
 COLUMNS = """epochs batch_size learning_rate final_learning_rate beta_1 beta_2
              latent_dim width depth critic_steps penalty_weight""".split()
 # fmt: off
@@ -212,7 +211,8 @@ class ModeHistogram(keras.metrics.Metric):
         self.counts = self.add_variable(bins, "zeros", name="counts")
 
     def histogram(self, points):
-        offsets = ops.convert_to_tensor(points)[:, None, :] - self.modes
+        modes = ops.convert_to_tensor(self.modes)
+        offsets = ops.convert_to_tensor(points)[:, None, :] - modes
         distances = ops.norm(offsets, axis=-1)
         near = ops.min(distances, axis=1) <= 3.0 * RING["std"]
         bins = ops.where(near, ops.argmin(distances, axis=1), len(self.modes))
@@ -528,7 +528,7 @@ def draw_samples(splits, samples, title, folder, epoch=None):
         axis.imshow(tiles, cmap=gray, vmin=0, vmax=1, interpolation="nearest")
         axis.set(xticks=[], yticks=[], xlabel=f"{count} generated images")
     else:
-        label = "real samples, 3 std around each mode (red)"
+        label = "real (red: 3 std)"
         axis.scatter(*splits.x_val.T, s=4, color="0.6", alpha=0.5, label=label)
         axis.scatter(*samples.T, s=3, color="tab:blue", alpha=0.5, label="generated")
         for centre in ring_modes(RING["num_modes"], RING["radius"]):
@@ -554,7 +554,7 @@ def caption(logs, prefix="val_"):
 
 def progress_figures(run):
     """plots/progress.gif from every samples/epoch_NNN.png (a resumed run's too),
-    plots/progress.png: up to 6 of them side by side."""
+    plots/progress.png: up to 6 of them, 3 per row."""
     from PIL import Image
 
     paths = sorted((run.path / "samples").glob("epoch_*.png"))
@@ -565,10 +565,11 @@ def progress_figures(run):
     frames[0].save(run.plots / "progress.gif", **gif)
     picks = sorted({round(k * (len(images) - 1) / 5) for k in range(6)})
     width, height = images[0].size  # every frame is a titled figure of one size
-    strip = Image.new("RGB", (width * len(picks), height), "white")
+    columns, rows = min(3, len(picks)), -(-len(picks) // 3)
+    grid = Image.new("RGB", (width * columns, height * rows), "white")
     for slot, index in enumerate(picks):
-        strip.paste(images[index], (slot * width, 0))
-    strip.save(run.plots / "progress.png")
+        grid.paste(images[index], (slot % 3 * width, slot // 3 * height))
+    grid.save(run.plots / "progress.png")
 
 
 def evaluate(gan, splits, run, args):
@@ -604,16 +605,16 @@ def evaluate(gan, splits, run, args):
     lines = {f"{key} (generated vs validation)": [row[key] for row in rows]}
     if kind == "ring":
         lines["val_modes_covered / 8"] = [row["val_modes_covered"] / 8 for row in rows]
-        markers = []
+        ylabel, markers = "fraction (0 to 1)", []
     else:
         floor = splits.reference["frechet_distance_real_validation"]
-        markers = [(floor, "two real samples")]
+        ylabel, markers = "Frechet distance", [(floor, "two real samples")]
     lines = {
         name: ([row["epoch"] for row in rows], line) for name, line in lines.items()
     }
     path, xlabel = run.plots / "quality.png", "epoch (0 = untrained)"
     title = f"{title}: sample quality per epoch"
-    plots.curves(lines, path, title, xlabel, "quality", markers=markers)
+    plots.curves(lines, path, title, xlabel, ylabel, markers=markers)
     run.save_model(gan.generator, "generator.keras")
     run.add_section("Progress", "![progress](plots/progress.gif)")
     return metrics
