@@ -446,17 +446,24 @@ def gather_evidence(run):
 def grade_run(run, rules):
     """The run's grade under the first matching rule, then its evidence: a
     metrics.json that disagrees with the run's own files is flagged."""
-    variants = variant_of(run.config)
+    tries = [variant_of(run.config)]
     best = run.metrics.get("best_variant")
-    if best:  # a comparison carries its best variant's figures
-        variants.append(str(best))
+    if best:  # a comparison carries its best variant's figures: its bar first
         best_child = next((c for c in run.children if c.path.name == best), None)
-        if best_child is not None:
-            variants += variant_of(best_child.config)
-    rule = next(
-        (r for r in rules if rubric.rule_applies(r, run.lab, variants, run.dataset)),
-        None,
-    )
+        child = variant_of(best_child.config) if best_child is not None else []
+        tries.insert(0, [str(best), *child])
+    rule = None
+    for variants in tries:
+        rule = next(
+            (
+                r
+                for r in rules
+                if rubric.rule_applies(r, run.lab, variants, run.dataset)
+            ),
+            None,
+        )
+        if rule is not None:
+            break
     grade = rubric.grade(run.metrics, run.status, run.quick, rule)
     if grade.result == "n/a" and run.parent is not None:
         grade = Grade(

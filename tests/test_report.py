@@ -398,6 +398,24 @@ def test_quick_runs_are_labelled_and_unfinished_runs_incomplete(tmp_path):
     assert rows[("lab4_finetune", "resnet50v2 · scratch")]["grade"] == "n/a"
 
 
+def test_a_comparison_meets_its_best_variants_bar(tmp_path):
+    """lab3 --compare on digits keeps --arch mlp in its config, but its figures
+    are its best variant's (wgan-gp): the WGAN-GP bar (<= 12) grades it."""
+    root = tmp_path / "runs"
+    make_run(
+        root,
+        "lab3_gan",
+        "mlp",
+        "digits",
+        completed(frechet_distance=30.0, best_variant="wgan-gp"),
+        args={"compare": True},
+    )
+    row = read_csv(report.main([str(root)])["csv"])[0]
+
+    assert row["rubric"] == "WGAN-GP on digits" and row["grade"] == "fail"
+    assert "frechet_distance 30 > 12" in row["grade_note"]
+
+
 # ------------------------------------------------------------- tamper evidence
 def test_metrics_that_agree_with_the_run_files_pass(runs_dir):
     page = report.main([str(runs_dir)])["index"].read_text()
