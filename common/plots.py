@@ -16,6 +16,11 @@ DPI = 120
 CELL_COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
+def wrapped(title, width=120):
+    """A long figure title broken into lines of at most ``width`` characters."""
+    return "\n".join(textwrap.fill(line, width) for line in str(title).split("\n"))
+
+
 def save(figure, path):
     figure.tight_layout()
     figure.savefig(path, dpi=DPI)
@@ -166,6 +171,11 @@ def bar_chart(names, panels, path, title, xlabel="model", errors=None):
         if spread is not None:
             shown = [f"{text}\n± {_short(e)}" for text, e in zip(shown, spread)]
         axis.bar_label(bars, labels=shown, fontsize=7, padding=2)
+        if spread is not None:  # zoom in: the bars' tops and their error bars
+            low = min(v - 3 * e for v, e in zip(values, spread))
+            high = max(v + 3 * e for v, e in zip(values, spread))
+            span = (high - low) or abs(high) * 0.1 or 1.0
+            axis.set_ylim(low - 0.1 * span, high + 0.3 * span)
         axis.set_title(label)
         axis.set_ylabel(label)
         axis.set_xlabel(xlabel)
@@ -173,7 +183,7 @@ def bar_chart(names, panels, path, title, xlabel="model", errors=None):
             plt.setp(axis.get_xticklabels(), rotation=35, ha="right", fontsize=8)
         axis.grid(axis="y", alpha=0.3)
         axis.margins(y=0.2)
-    figure.suptitle(title)
+    figure.suptitle(wrapped(title, int(30 * width * len(panels) / 4)))
     return save(figure, path)
 
 
@@ -234,8 +244,9 @@ def variant_learning_curves(histories, path, title, monitor="val_loss"):
         axis.set_ylabel(key.replace("_", " "))
         axis.set_title(key.replace("_", " ") + " per epoch")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    figure.suptitle(title)
+        many = len(histories) > 5  # two columns of small entries
+        axis.legend(fontsize=6 if many else 7, ncol=2 if many else 1)
+    figure.suptitle(wrapped(title, 100))
     return save(figure, path)
 
 
