@@ -249,15 +249,15 @@ def train_bow(model, splits, run, title):
     """One logistic regression per C; the best on validation goes into the model."""
     from sklearn.linear_model import LogisticRegression
 
-    start, size, strengths = time.perf_counter(), len(splits.vocabulary), []
+    start, size, fitted = time.perf_counter(), len(splits.vocabulary), []
     solver = "liblinear" if splits.num_classes == 2 else "lbfgs"  # the fastest here
     pairs = ((splits.x_train, splits.y_train), (splits.x_val, splits.y_val))
     data, scores = [(text.bag_of_words(x, size), y) for x, y in pairs], []
     for strength in HYPERPARAMETERS["bow_c"]:
-        strengths.append(LogisticRegression(C=strength, solver=solver, max_iter=3000))
-        scores.append([strengths[-1].fit(*data[0]).score(x, y) for x, y in data])
+        fitted.append(LogisticRegression(C=strength, solver=solver, max_iter=3000))
+        scores.append([fitted[-1].fit(*data[0]).score(x, y) for x, y in data])
     best = int(np.argmax([validation for _, validation in scores]))
-    set_logistic_regression(model, strengths[best])
+    set_logistic_regression(model, fitted[best])
     model.optimizer.build(model.trainable_variables)  # saved and reloaded alike
     c, axis = HYPERPARAMETERS["bow_c"], np.log10(HYPERPARAMETERS["bow_c"])
     plots.curves(
