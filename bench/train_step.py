@@ -185,6 +185,9 @@ class BenchRun:
         self.plots = self.path / "plots"
         self.plots.mkdir(parents=True, exist_ok=True)
 
+    def write_config(self, **extra):
+        pass
+
     def write_metrics(self, metrics):
         pass
 
@@ -206,7 +209,7 @@ class Case:
     threads: int | None  # the lab's torch thread setting (None: torch default)
     build_keras: object  # (**compile_overrides) -> compiled Keras model
     fit_args: dict  # x, y, validation_data, monitor, patience for training.fit
-    lab_callbacks: object  # () -> the lab's own extra callbacks
+    lab_callbacks: object  # (run) -> the lab's own extra callbacks
     torch_loop: object  # TorchLoop
     num_train: int
     copy_weights: object = None  # (keras_model, torch_module) -> None
@@ -455,7 +458,7 @@ def lab1_case(name, args):
             monitor="val_loss",
             patience=hyper["patience"],
         ),
-        lambda: [],
+        lambda run: [],
         TorchLoop(module, train_step, validate, x_t, y_t, batch_size),
         len(x_train),
         copy_baseline,
@@ -602,7 +605,7 @@ def lab2_case(name, args):
             monitor="val_loss",
             patience=hyper["patience"],
         ),
-        lambda: [],
+        lambda run: [],
         TorchLoop(module, train_step, validate, x_t, y_t, batch_size),
         num_train,
         copy_arch3(cell),
@@ -766,11 +769,8 @@ def lab3_case(name, args):
         gan.jit_compile = compile_overrides.get("jit_compile", False)
         return gan
 
-    def lab_callbacks():
-        noise = keras.random.normal(
-            (lab3_gan.SAMPLES["images"], hyper["latent_dim"]), seed=7
-        )
-        return [lab3_gan.Snapshots(noise, max(1, hyper["epochs"] // 10))]
+    def lab_callbacks(run):  # the lab's fit_kwargs: samples, CPU time, NaN stop
+        return [lab3_gan.Snapshots(run, lab_args, data)]
 
     layout = memory_format(args)
     generator = TorchGenerator(hyper["latent_dim"], image_shape, hyper["width"]).to(
@@ -902,7 +902,7 @@ def lab_fit(case, model, run, clock, epochs):
         epochs=epochs,
         batch_size=case.batch_size,
         title=case.name,
-        callbacks=[clock, *case.lab_callbacks()],
+        callbacks=[clock, *case.lab_callbacks(run)],
         **arguments,
     )
 
@@ -1080,7 +1080,7 @@ def workbook_callbacks(run, case, checkpoint=True):
         stopper,
         HistoryRecorder(run.path, early_stopping=stopper),
         keras.callbacks.TerminateOnNaN(),
-        *case.lab_callbacks(),
+        *case.lab_callbacks(run),
     ]
     if checkpoint:
         callbacks.append(
