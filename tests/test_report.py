@@ -286,6 +286,9 @@ OFFLINE = [
         {},
         {"mean_iou": 0.68, "pixel_accuracy": 0.85, "majority_baseline": 0.65},
     ),
+    ("lab5_text", "textcnn", "reviews", {}, {"test_accuracy": 0.99}),
+    ("lab5_text", "bow", "reviews", {}, {"test_accuracy": 0.62}),
+    ("lab5_text", "word2vec", "reviews", {}, {"test_accuracy": 0.6}),
     ("lab7_autoencoder", "conv", "digits", {}, {"test_accuracy": 0.955}),
     ("lab7_autoencoder", "dense", "digits", {}, {"test_accuracy": 0.95}),
     (
