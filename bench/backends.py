@@ -196,7 +196,7 @@ def table(rows, args, argv):
             f"| {row['lab']} | {row['backend']} | {mark}{number(row['epoch_seconds'])}"
             f"{mark} | {ratio:.2f}x | {number(row['first_epoch'])} | "
             f"{key} {shown} | {number(row['train_seconds'], 1)} | "
-            f"{row['wall']:.0f} | {row['cpu']:.0f} | {row['load']:.1f} |"
+            f"{number(row['wall'], 0)} | {number(row['cpu'], 0)} | {row['load']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -255,6 +255,17 @@ def parse_args(argv):
     return args
 
 
+def in_order(rows, args):
+    """Rows by lab, then backend, as the command line lists them."""
+    return sorted(
+        rows,
+        key=lambda row: (
+            args.lab_list.index(row["lab"]),
+            args.backend_list.index(row["backend"]),
+        ),
+    )
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -265,14 +276,13 @@ def main(argv=None):
         for index, lab in enumerate(args.lab_list):
             shift = index % len(args.backend_list)
             order = args.backend_list[shift:] + args.backend_list[:shift]
-            measured = {}
             for backend in order:
                 out = scratch / f"{lab}-{backend}"
                 if out.exists():
                     shutil.rmtree(out)
                 run = run_lab(lab, backend, out, args.lab_arguments, args.timeout)
                 row = dict(lab=lab, backend=backend, **figures(run, out))
-                measured[backend] = row
+                rows.append(row)
                 state = (
                     f"{number(row['epoch_seconds'])} s/epoch, {row['validation']}"
                     if run["code"] == 0
@@ -280,14 +290,15 @@ def main(argv=None):
                 )
                 print(
                     f"{lab} on {backend}: {state}, {run['wall']:.0f} s wall, "
-                    f"load {run['load']:.1f}",
+                    f"{run['cpu']:.0f} s CPU, load {run['load']:.1f}",
                     flush=True,
                 )
-            rows += [measured[backend] for backend in args.backend_list]
+                if args.save:  # the table so far: a stopped run keeps its rows
+                    Path(args.save).write_text(table(in_order(rows, args), args, argv))
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
-    text = table(rows, args, argv)
+    text = table(in_order(rows, args), args, argv)
     print()
     print(text)
     if args.save:
