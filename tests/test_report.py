@@ -290,6 +290,20 @@ OFFLINE = [
     ("lab5_text", "bow", "reviews", {}, {"test_accuracy": 0.62}),
     ("lab5_text", "word2vec", "reviews", {}, {"test_accuracy": 0.6}),
     ("lab7_autoencoder", "conv", "digits", {}, {"test_accuracy": 0.955}),
+    (
+        "lab8_detection",
+        "retinanet",
+        "shapes",
+        {},
+        {"map50": 0.4, "mean_box_map50": 0.01},
+    ),
+    (
+        "lab8_detection",
+        "faster-rcnn",
+        "shapes",
+        {},
+        {"map50": 0.3, "mean_box_map50": 0.01},
+    ),
     ("lab7_autoencoder", "dense", "digits", {}, {"test_accuracy": 0.95}),
     (
         "lab9_studies",
