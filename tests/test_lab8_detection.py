@@ -410,5 +410,8 @@ def test_both_detectors_on_other_backends(run_lab, tmp_path, backend):
     assert code == 0, output[-3000:]
     for arch in ("retinanet", "faster-rcnn"):
         assert 0.0 <= metrics[f"{arch}_map50"] <= 1.0
-    assert (tmp_path / "run" / "faster-rcnn" / "model.keras").is_file()
+    run = tmp_path / "run"
+    assert (run / "faster-rcnn" / "model.keras").is_file()
+    assert (run / "plots" / "comparison_ap.png").stat().st_size > 10_000
+    assert "Detectors side by side" in (run / "report.md").read_text()
     assert not [marker for marker in TF_LOG_MARKERS if marker in output]
