@@ -162,9 +162,13 @@ def number(value, digits=2):
 
 def table(rows, args, argv):
     """The markdown table: one row per (lab, backend), ratios within each lab."""
+
+    def trained(row):  # every epoch ran (the run may have failed after training)
+        return row.get("epoch_seconds") and row.get("epochs", 0) >= args.epochs
+
     fastest = {}
     for row in rows:
-        if row.get("epoch_seconds"):
+        if trained(row):
             lab = row["lab"]
             fastest[lab] = min(
                 fastest.get(lab, row["epoch_seconds"]), row["epoch_seconds"]
@@ -181,7 +185,7 @@ def table(rows, args, argv):
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        if row["code"] != 0:
+        if not trained(row):
             lines.append(
                 f"| {row['lab']} | {row['backend']} | failed: {failure(row)} |"
                 + " |" * 6
@@ -191,6 +195,8 @@ def table(rows, args, argv):
         ratio = row["epoch_seconds"] / fastest[row["lab"]]
         key, value = row["validation"] or ("-", None)
         shown = "-" if value is None else format(value, ".4g")
+        if row["code"] != 0:  # e.g. the evaluation after training ran out of time
+            shown += f" (then {failure(row)})"
         mark = "**" if ratio == 1.0 else ""
         lines.append(
             f"| {row['lab']} | {row['backend']} | {mark}{number(row['epoch_seconds'])}"

@@ -156,11 +156,12 @@ def test_speed_table_divides_by_the_fastest_of_each_lab():
 
     args = parse_args(["--labs", "lab0_basics,lab1_cnn", "--epochs", "3"])
 
-    def row(lab, backend, seconds, code=0):
+    def row(lab, backend, seconds, code=0, epochs=3):
         return dict(
             lab=lab,
             backend=backend,
             code=code,
+            epochs=epochs,
             output="Error: something broke\n",
             epoch_seconds=seconds,
             first_epoch=seconds,
@@ -175,7 +176,8 @@ def test_speed_table_divides_by_the_fastest_of_each_lab():
         row("lab0_basics", "torch", 2.0),
         row("lab0_basics", "jax", 1.0),
         row("lab1_cnn", "torch", 4.0),
-        row("lab1_cnn", "tensorflow", None, code=1),
+        row("lab1_cnn", "tensorflow", None, code=1, epochs=0),
+        row("lab1_cnn", "jax", 8.0, code="timeout"),  # timed out after training
     ]
     lines = table(rows, args, []).splitlines()
     cells = {
@@ -187,4 +189,6 @@ def test_speed_table_divides_by_the_fastest_of_each_lab():
     assert cells[("lab0_basics", "jax")][4].strip() == "1.00x"
     assert cells[("lab1_cnn", "torch")][4].strip() == "1.00x"
     assert "failed: Error: something broke" in cells[("lab1_cnn", "tensorflow")][3]
+    assert cells[("lab1_cnn", "jax")][4].strip() == "2.00x"
+    assert "(then timed out)" in cells[("lab1_cnn", "jax")][6]
     assert any(line.startswith("machine:") for line in lines)
