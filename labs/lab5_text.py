@@ -208,8 +208,8 @@ def word2vec_vectors(args, splits):
     (x, y), validation = word2vec_data(splits, args.seed)
     stop = keras.callbacks.EarlyStopping(patience=1, restore_best_weights=True)
     size = HYPERPARAMETERS["pairs_per_batch"]
-    model.fit(x, y, size, epochs, 2, [stop], validation_data=validation)
-    splits.encoder = f"word2vec trained here on the training texts ({epochs} epochs)"
+    history = model.fit(x, y, size, epochs, 2, [stop], validation_data=validation)
+    splits.encoder = f"word2vec trained here ({len(history.epoch)} epochs)"
     return model.get_layer("word_vectors").get_weights()[0]
 
 
