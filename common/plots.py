@@ -116,7 +116,8 @@ def confusion_matrix(y_true, y_pred, class_names, path, title):
     axis.set_xlabel("predicted class")
     axis.set_ylabel("true class")
     accuracy = np.trace(counts) / max(counts.sum(), 1)
-    axis.set_title(f"{title}\n(normalized by true class; accuracy {accuracy:.3f})")
+    caption = f"{title}\n(normalized by true class; accuracy {accuracy:.3f})"
+    axis.set_title(wrapped(caption, int(10 * size)))
     return save(figure, path)
 
 
