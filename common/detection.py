@@ -799,7 +799,8 @@ def detection_grid(
                 f"{class_names[label]} {score:.2f}",
                 color="white",
                 fontsize=7,
-                va="bottom",
+                va="top",
+                clip_on=True,
                 bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"},
             )
         true_count = int(np.sum(truths[1][index] >= 0))
