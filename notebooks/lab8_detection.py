@@ -47,7 +47,7 @@ from pathlib import Path
 
 os.environ["KERAS_BACKEND"] = "torch"  # or "tensorflow" or "jax"
 WORKBOOK_GIT = "https://github.com/OWNER/REPOSITORY.git"  # Colab: the workbook's URL
-NEEDS = ["keras", "keras-nlp", "pycocotools"]  # pip names (requirements.txt pins them)
+NEEDS = ["keras", "keras-nlp"]  # pip names (requirements.txt pins them)
 
 COLAB = "google.colab" in sys.modules
 ROOT = next((p for p in (Path.cwd(), Path.cwd().parent) if (p / "labs").is_dir()), None)
@@ -99,6 +99,7 @@ ARCH = "retinanet"  # retinanet or faster-rcnn
 # %%
 import inspect
 import time
+import warnings
 from pprint import pprint
 
 import matplotlib.pyplot as plt
@@ -123,6 +124,8 @@ def show_plot(run_folder, name):
     display(Image(filename=str(Path(run_folder) / "plots" / f"{name}.png")))
 
 
+# keras-hub loads tqdm's notebook progress bar, which asks for ipywidgets: not needed
+warnings.filterwarnings("ignore", message="IProgress not found")
 pprint(lab.HYPERPARAMETERS, sort_dicts=False)
 
 # %% [markdown]
