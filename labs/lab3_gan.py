@@ -288,13 +288,14 @@ class GAN(keras.Model):
     def __init__(
         self, generator, discriminator, loss, critic_steps, penalty_weight, **kwargs
     ):
-        extractor = kwargs.pop("feature_extractor", None)
+        extractor, seed = kwargs.pop("feature_extractor", None), kwargs.pop("seed", 0)
         super().__init__(**kwargs)
         self.generator, self.discriminator = generator, discriminator
         self.loss_kind, self.critic_steps = loss, int(critic_steps)
         self.penalty_weight, self.feature_extractor = float(penalty_weight), extractor
-        self.noise_seed = keras.random.SeedGenerator()  # seeded by the global seed
-        self.evaluation_seed = keras.random.SeedGenerator()
+        self.seed = int(seed)  # of the noise during training, and during evaluation
+        self.noise_seed = keras.random.SeedGenerator(self.seed)
+        self.evaluation_seed = keras.random.SeedGenerator(self.seed + 1)
         names = ["discriminator_loss", "generator_loss"]
         if loss == "wasserstein":
             names += ["wasserstein_estimate", "gradient_penalty", "gradient_norm"]
@@ -412,6 +413,7 @@ class GAN(keras.Model):
 
     def get_config(self):  # the networks as Keras objects: Keras serializes them
         names = ["generator", "discriminator", "feature_extractor", "critic_steps"]
+        names.append("seed")
         config = {name: getattr(self, name) for name in names}
         config.update(loss=self.loss_kind, penalty_weight=self.penalty_weight)
         return {**super().get_config(), **config}
@@ -455,8 +457,9 @@ def build_model(args, splits):
     discriminator.name = "critic" if loss == "wasserstein" else "discriminator"
     extractor = getattr(splits, "feature_extractor", None)
     hyper = (loss, args.critic_steps, args.penalty_weight)
+    options = dict(feature_extractor=extractor, seed=args.seed)
     name = f"gan_{args.arch}".replace("-", "_")
-    gan = GAN(generator, discriminator, *hyper, feature_extractor=extractor, name=name)
+    gan = GAN(generator, discriminator, *hyper, **options, name=name)
     steps = args.epochs * math.ceil(len(splits.x_train) / args.batch_size)
     decay = keras.optimizers.schedules.CosineDecay
     rates = [  # the generator's, then the critic's (critic_steps per step)
