@@ -62,6 +62,37 @@ def test_notebook_pair_in_sync(name):
     assert not with_outputs, f"{name}.ipynb has outputs in cells {with_outputs}"
 
 
+def test_setup_cell_outside_the_repository_says_what_to_do(tmp_path, monkeypatch):
+    """Opened away from the repository (and not on Colab), the first cell stops with
+    one paragraph naming the remedy, and changes neither directory nor backend."""
+    setup = jupytext.read(NOTEBOOKS / "lab0_basics.py").cells[2].source
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(os.environ, "KERAS_BACKEND", "torch")
+    with pytest.raises(RuntimeError, match="WORKBOOK_GIT") as error:
+        exec(setup, {})
+    assert "notebooks/ folder" in str(error.value)
+    assert Path.cwd() == tmp_path
+
+
+def test_setup_cell_on_colab_clones_the_workbook(tmp_path, monkeypatch):
+    """On Colab (faked; the repository as WORKBOOK_GIT) the first cell clones the
+    workbook and works from it; the pinned packages are here, so none installs."""
+    setup = jupytext.read(NOTEBOOKS / "lab2_rnn.py").cells[2].source
+    url = 'WORKBOOK_GIT = "https://github.com/OWNER/REPOSITORY.git"'
+    assert url in setup, "the first cell no longer names WORKBOOK_GIT"
+    setup = setup.replace(url, f"WORKBOOK_GIT = {str(ROOT)!r}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "google.colab", type(sys)("google.colab"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setitem(os.environ, "KERAS_BACKEND", "torch")
+    names = {}
+    exec(setup, names)
+    clone = tmp_path / "workbook"
+    assert names["ROOT"] == clone and Path.cwd() == clone
+    assert (clone / "labs" / "lab2_rnn.py").is_file() and str(clone) in sys.path
+    assert names["WANTED"] == []
+
+
 def venv_kernel(folder):
     """A KernelManager for this interpreter, from a kernel spec in ``folder``."""
     spec = folder / "kernels" / "workbook"
