@@ -156,14 +156,21 @@ def check_classes(name, labels, class_names):
         )
 
 
+# The running lab's offline data, named in the remedy when a canonical set cannot
+# be reached (the runner sets it to the lab's default dataset before loading).
+OFFLINE_DEFAULT = {"dataset": "digits"}
+
+
 def unavailable(name, reason):
     """The one-paragraph error for a canonical dataset that cannot be reached."""
+    offline = OFFLINE_DEFAULT["dataset"]
     return WorkbookError(
         f"the dataset {name!r} is not available offline and could not be downloaded "
-        f"({reason}). Either run on the embedded data with --dataset digits, or "
-        f"prepare {name} once on a machine with network access "
+        f"({reason}). Either run on the lab's offline data with --dataset "
+        f"{offline}, or prepare {name} once on a machine with network access "
         f"(python -c \"import tensorflow_datasets as tfds; tfds.load('{name}')\") "
-        "and point TFDS_DATA_DIR at that folder (default ~/tensorflow_datasets)."
+        "and point TFDS_DATA_DIR at that folder (default ~/tensorflow_datasets), "
+        "or read your own copy with --dataset folder:PATH."
     )
 
 

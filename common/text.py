@@ -125,13 +125,7 @@ def read_texts(spec, num_reviews=10000, seed=0):
         parts = generated_reviews(num_reviews, seed)
         return parts, sentiment, "generated reviews (word order decides)"
     if spec == "imdb_reviews":
-        try:
-            train, test = load_text("imdb_reviews")
-        except WorkbookError as error:  # its remedy names the image labs' data
-            text = str(error).replace("--dataset digits", "--dataset reviews")
-            raise WorkbookError(
-                f"{text} A local aclImdb copy also works: --dataset folder:PATH."
-            ) from None
+        train, test = load_text("imdb_reviews")
         parts = {"train": train, "test": test}
         parts = {part: ([clean(t) for t in x], y) for part, (x, y) in parts.items()}
         return parts, sentiment, "tensorflow-datasets imdb_reviews"

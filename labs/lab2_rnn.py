@@ -48,6 +48,7 @@ import numpy as np
 from common import cli, experiment, plots
 from common.cli import WorkbookError
 from common.data import Splits, check_arrays, load_images, load_text, make_adding
+from common.text import pre_pad
 from common.training import evaluate_classifier, inference_ms_per_image
 
 HYPERPARAMETERS = {
@@ -155,15 +156,6 @@ def load_digit_rows(args):
         setattr(splits, f"x_{part}", getattr(splits, f"x_{part}")[..., 0])
     splits.source += ", read row by row (8 steps x 8 pixels)"
     return splits
-
-
-def pre_pad(token_ids):
-    """Move each row's trailing zeros (padding) to the front, keeping token order."""
-    token_ids = np.asarray(token_ids)
-    length = token_ids.shape[1]
-    shift = length - np.count_nonzero(token_ids, axis=1)
-    columns = (np.arange(length)[None, :] - shift[:, None]) % length
-    return np.take_along_axis(token_ids, columns, axis=1)
 
 
 def load_imdb(args):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from common import cli, experiment
+from common.text import pre_pad
 from labs import lab2_rnn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,7 +211,7 @@ def test_adding_targets_are_the_sum_of_the_marked_values():
 def test_pre_pad_moves_padding_to_the_front():
     ids = np.array([[5, 6, 0, 0], [1, 2, 3, 4], [0, 0, 0, 0]])
     np.testing.assert_array_equal(
-        lab2_rnn.pre_pad(ids), [[0, 0, 5, 6], [1, 2, 3, 4], [0, 0, 0, 0]]
+        pre_pad(ids), [[0, 0, 5, 6], [1, 2, 3, 4], [0, 0, 0, 0]]
     )
 
 
