@@ -259,7 +259,10 @@ def comparison_bars(rows, key, path, title, best=None, errors=None):
     headline = key.replace("_", " ")
     if errors:
         headline += f"\n(error bars: {errors.replace('_', ' ')})"
-    panels = {headline: key, "parameters (count)": "params"}
+    panels = {headline: key}
+    if key != "macro_f1" and any("macro_f1" in row for row in rows):
+        panels["macro F1"] = "macro_f1"
+    panels["parameters (count)"] = "params"
     panels["train time (s)"] = "train_seconds"
     for extra in ("inference_ms_per_image", "inference_ms_per_sample"):
         if any(extra in row for row in rows):
