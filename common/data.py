@@ -230,10 +230,11 @@ def load_tfds(name, split, **kwargs):
 def _tfds_arrays(name, split):
     import tensorflow_datasets as tfds
 
-    batches = list(tfds.as_numpy(load_tfds(name, split).batch(4096)))
+    dataset, info = load_tfds(name, split, with_info=True)
+    batches = list(tfds.as_numpy(dataset.batch(4096)))
     images = np.concatenate([images for images, _ in batches])
     labels = np.concatenate([labels for _, labels in batches])
-    return images, labels
+    return images, labels, list(info.features["label"].names)
 
 
 def _scale(images):
@@ -588,15 +589,14 @@ def _read_images(name, seed, image_size):
             {},
         )
     if name in TFDS_IMAGE_SETS:
-        x_train, y_train = _tfds_arrays(name, "train")
-        x_test, y_test = _tfds_arrays(name, "test")
-        top = int(max(y_train.max(), y_test.max())) + 1
+        x_train, y_train, class_names = _tfds_arrays(name, "train")
+        x_test, y_test, _ = _tfds_arrays(name, "test")
         return (
             _scale(x_train),
             y_train.astype("int64"),
             _scale(x_test),
             y_test.astype("int64"),
-            [str(c) for c in range(top)],
+            class_names,  # the dataset's own names ("airplane", ...; "0".."9")
             f"tensorflow-datasets {name}",
             False,
             {},
