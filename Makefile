@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-backends test-all browser lint report
+.PHONY: setup run test test-backends test-all browser lint report notebooks
 
 setup: $(STAMP)
 
@@ -44,3 +44,7 @@ lint: setup
 
 report: setup
 	$(PY) -m labs.report runs
+
+# Regenerate every notebooks/*.ipynb from its py:percent source (outputs dropped).
+notebooks: setup
+	$(VENV)/bin/jupytext --to ipynb notebooks/lab*.py
