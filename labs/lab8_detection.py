@@ -62,14 +62,7 @@ def load_data(args):
     if args.test_dataset:  # every image of it
         parts["test"] = detection.read_dataset(args.test_dataset, size, seed, names)[0]
     splits = detection.to_splits(parts, names, args.dataset, args.test_dataset, size)
-    if args.quick:
-        splits.take(LAB.quick_sizes, seed)
-    # keras-hub's fit turns arrays into a pipeline that never shuffles: give both
-    # detectors the same tf.data pipeline, reshuffled every epoch
-    batch = args.batch_size
-    splits.train = detection.stream(splits.x_train, splits.y_train, batch, seed)
-    splits.validation = detection.stream(splits.x_val, splits.y_val, batch)
-    return splits
+    return splits  # --quick: the runner takes a seeded subset
 
 
 # ----------------------------------------------------------------------------
@@ -282,6 +275,11 @@ def optimizer(args, splits):
 
 
 def build_model(args, splits):
+    # keras-hub's fit turns arrays into a pipeline that never shuffles: give each
+    # detector its own tf.data pipeline, reshuffled every epoch
+    batch, seed = args.batch_size, args.seed
+    splits.train = detection.stream(splits.x_train, splits.y_train, batch, seed)
+    splits.validation = detection.stream(splits.x_val, splits.y_val, batch)
     # anchors sized (1 to 6 x stride) to suit the most training boxes
     args.anchor_size = detection.fit_anchors(splits, anchor_generator)
     return ARCHITECTURES[args.arch](args, splits)
