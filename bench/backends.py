@@ -24,10 +24,10 @@ What each backend compiles, with Keras's default ``jit_compile="auto"``
 ``tf.function`` graph, with XLA off on a CPU-only machine (``jit_compile=True``
 turns XLA on); JAX runs it under ``jax.jit`` (XLA) whenever every layer supports
 it; PyTorch runs eagerly (``jit_compile=True`` means ``torch.compile``, which
-bench/train_step.py measured 30-40 % slower here). The workbook's fixes to
+bench/README.md, section 4, measured slower here). The workbook's fixes to
 Keras's torch backend (common/speedups.py) are on for torch, as in the labs.
 
-Measured figures: bench/README.md, "Backends".
+Measured figures: bench/README.md, section 8.
 """
 
 import argparse
