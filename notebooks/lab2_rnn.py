@@ -36,7 +36,6 @@
 # installs the pinned packages Colab lacks.
 
 # %%
-import importlib.metadata
 import os
 import subprocess
 import sys
@@ -61,25 +60,9 @@ if ROOT is None:
     )
 os.chdir(ROOT)
 sys.path.insert(0, str(ROOT))
-PINS = dict(
-    line.split("==")
-    for line in Path("requirements.txt").read_text().split()
-    if "==" in line
-)
+from notebooks.pins import install_missing  # noqa: E402
 
-
-def version(name):
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-WANTED = [f"{name}=={PINS[name]}" for name in NEEDS if version(name) != PINS[name]]
-if WANTED and COLAB:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *WANTED], check=True)
-elif WANTED:
-    print("note: not the pinned versions:", *WANTED, "(make setup builds .venv)")
+WANTED = install_missing(NEEDS, COLAB)
 print(f"workbook: {ROOT}, backend: {os.environ['KERAS_BACKEND']}")
 
 # %% [markdown]
