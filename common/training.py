@@ -60,7 +60,8 @@ def fit(
         early_stopping=stopper,
         boundaries=boundaries,
     )
-    all_callbacks = [stopper, recorder, keras.callbacks.TerminateOnNaN(), *callbacks]
+    all_callbacks = [stopper, recorder, keras.callbacks.TerminateOnNaN(), StopOnNaN()]
+    all_callbacks += callbacks
     if checkpoint:
         all_callbacks.append(
             InterruptSafeBackup(str(run.path / BACKUP), double_checkpoint=True)
@@ -84,7 +85,7 @@ def fit(
             model.set_weights(stopper.best_weights)
     seconds = time.perf_counter() - start
     new_rows = recorder.rows[len(initial_rows) :]
-    losses = [row.get("loss", 0.0) for row in new_rows]
+    losses = [row[key] for row in new_rows for key in row if key.endswith("loss")]
     if any(loss is None or not math.isfinite(loss) for loss in losses):
         status = "diverged"
     elif status == "completed" and stopper.stopped_epoch:
@@ -123,6 +124,16 @@ def fit(
             "e.g. 10 times smaller."
         )
     return result
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops when any loss of an epoch (a GAN's two, not only "loss", which is
+    all Keras's TerminateOnNaN watches) is NaN or infinite."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            if key.endswith("loss") and not math.isfinite(float(value)):
+                self.model.stop_training = True
 
 
 def inference_ms_per_image(model, x, batch_size=256, repeats=3):
