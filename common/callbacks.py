@@ -3,7 +3,8 @@
 ``HistoryRecorder`` writes history.csv and history.json after every epoch (so an
 interrupted run keeps its rows) and draws learning_curves.png at the end of
 training, or when :meth:`HistoryRecorder.plot` is called after an interrupt.
-``GradientNorms`` records the loss gradient of every layer's kernel each epoch.
+``GradientNorms`` records the loss gradient of every layer's kernel each epoch;
+``Snapshots`` hands the model to a lab's function at chosen epochs.
 """
 
 import contextlib
@@ -160,6 +161,29 @@ class InterruptSafeBackup(keras.callbacks.BackupAndRestore):
     def on_epoch_end(self, epoch, logs=None):
         with sigint_deferred():
             super().on_epoch_end(epoch, logs)
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Calls ``take(model, epoch, logs)`` before training (epoch 0; ``start=False``
+    skips it, e.g. on resume) and after the chosen epochs: those in ``epochs``; or
+    with ``every``, each every-th and the last; or, given neither, all."""
+
+    def __init__(self, take, epochs=None, every=None, start=True):
+        super().__init__()
+        self.take, self.epochs, self.every, self.start = take, epochs, every, start
+
+    def on_train_begin(self, logs=None):
+        if self.start:
+            self.take(self.model, 0, logs or {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        done, last = epoch + 1, epoch + 1 == self.params["epochs"]
+        if self.epochs is not None:
+            chosen = done in self.epochs
+        else:
+            chosen = not self.every or done % self.every == 0 or last
+        if chosen or (self.every and self.model.stop_training):
+            self.take(self.model, done, logs or {})
 
 
 class GradientNorms(keras.callbacks.Callback):

@@ -189,8 +189,8 @@ def parse_args(lab, argv):
         lab.check_arguments(args, parser)
     if lab.always_compare:
         args.compare = True
-    if args.quick:
-        args.epochs = min(args.epochs, lab.quick_epochs)
+    if args.quick:  # (a lab whose epochs default per arch leaves them at None)
+        args.epochs = min(args.epochs or lab.quick_epochs, lab.quick_epochs)
     return args
 
 

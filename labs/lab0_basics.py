@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from common import cli, experiment, plots
+from common.callbacks import Snapshots
 from common.data import Splits
 from common.runs import atomic_write_json
 from kernels.conv import SOBEL_X, SOBEL_Y, SobelEdges
@@ -160,27 +161,18 @@ def build_model(args, splits):
 
 
 # -- Snapshots during training: the fit at a few epochs, the kernel at every epoch ---
-class Snapshots(keras.callbacks.Callback):
-    """``capture(model)`` at epoch 0 and the chosen epochs (None: all), in a file."""
+def snapshots(path, capture, epochs=None):
+    """A callback keeping ``capture(model)`` at epoch 0 and the chosen epochs (None:
+    all) in a JSON file; a resumed run appends to it."""
+    rows = experiment.read_json(path, [])
 
-    def __init__(self, path, capture, epochs=None):
-        super().__init__()
-        self.path, self.capture, self.epochs = path, capture, epochs
+    def take(model, epoch, logs):
+        value = np.asarray(capture(model), dtype="float64").tolist()
+        rows[:] = [row for row in rows if row["epoch"] < epoch]  # no repeats
+        rows.append({"epoch": epoch, "value": value})
+        atomic_write_json(path, rows)
 
-    def on_train_begin(self, logs=None):
-        self.rows = experiment.read_json(self.path, [])
-        if not self.rows:
-            self.take(0)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.epochs is None or epoch + 1 in self.epochs:
-            self.take(epoch + 1)
-
-    def take(self, epoch):
-        value = np.asarray(self.capture(self.model), dtype="float64").tolist()
-        self.rows = [row for row in self.rows if row["epoch"] < epoch]  # no repeats
-        self.rows.append({"epoch": epoch, "value": value})
-        atomic_write_json(self.path, self.rows)
+    return Snapshots(take, epochs, start=not rows)
 
 
 def cosine_grid(interval, count=400):  # x over the interval and both outside bands
@@ -201,7 +193,7 @@ def fit_kwargs(args, splits, run):
         def capture(model):
             return model.predict(grid, verbose=0)[:, 0]
 
-    return {"callbacks": [Snapshots(run.path / "snapshots.json", capture, epochs)]}
+    return {"callbacks": [snapshots(run.path / "snapshots.json", capture, epochs)]}
 
 
 # -- Evaluation and plots ------------------------------------------------------------

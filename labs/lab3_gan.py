@@ -9,22 +9,16 @@
 What it teaches: a GAN trained by Keras's own ``fit``: one ``keras.Model`` holds a
 generator and a discriminator (a critic for WGAN-GP), each with its own optimizer,
 and overrides ``train_step`` as keras-io's "Customizing what happens in fit()"
-guides do. Mode collapse is seen on the ring of 8 Gaussians (a mode is covered when
-2% of the samples fall within 3 std of it). On images (digits at 16x16, mnist,
-fashion_mnist, cifar10, npz:, folder:) quality is a Frechet distance in the 32
-penultimate features of a small classifier trained here: NOT the Inception FID,
-comparable only between runs that share the classifier (same data and seed). The
-quality on the validation split is the val_loss: the epoch with the best samples is
-kept. model.keras is the GAN (``predict``: noise to samples), generator.keras the
-generator alone.
-
-Measured results (3 seeds, ring and digits): see the README's results table.
+does. Mode collapse shows on the ring of 8 Gaussians. On images quality is a
+Frechet distance in the features of a small classifier trained here (NOT the
+Inception FID: comparable only between runs of the same data and seed). That
+quality on the validation split is the val_loss, so the best epoch is kept.
+Measured results (3 seeds, ring and digits): the README's results table.
 """
 
 import json
 import math
 import sys
-import time
 
 import keras
 import numpy as np
@@ -32,6 +26,7 @@ from keras import layers, ops
 from matplotlib.patches import Circle
 
 from common import cli, experiment, gradients, plots
+from common.callbacks import Snapshots
 from common.data import Splits, load_images, make_ring, ring_modes
 from common.runs import seed_everything
 
@@ -285,14 +280,13 @@ class GAN(keras.Model):
     batch, fresh noise). ``evaluate``'s "loss" is the samples' distance to real data
     (on images, in the features of a ``feature_extractor``)."""
 
-    def __init__(
-        self, generator, discriminator, loss, critic_steps, penalty_weight, **kwargs
-    ):
-        extractor, seed = kwargs.pop("feature_extractor", None), kwargs.pop("seed", 0)
+    def __init__(self, generator, discriminator, loss, critic_steps, penalty_weight,
+                 feature_extractor=None, seed=0, **kwargs):  # fmt: skip
         super().__init__(**kwargs)
         self.generator, self.discriminator = generator, discriminator
         self.loss_kind, self.critic_steps = loss, int(critic_steps)
-        self.penalty_weight, self.feature_extractor = float(penalty_weight), extractor
+        self.penalty_weight = float(penalty_weight)
+        self.feature_extractor = extractor = feature_extractor
         self.seed = int(seed)  # of the noise during training, and during evaluation
         self.noise_seed = keras.random.SeedGenerator(self.seed)
         self.evaluation_seed = keras.random.SeedGenerator(self.seed + 1)
@@ -301,6 +295,7 @@ class GAN(keras.Model):
             names += ["wasserstein_estimate", "gradient_penalty", "gradient_norm"]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.confidence = keras.metrics.Mean(name="classifier_confidence")
+        self.cross_entropy = keras.losses.BinaryCrossentropy(from_logits=True)
         self.quality = (
             ModeHistogram() if extractor is None else FrechetDistance(FEATURES)
         )
@@ -365,7 +360,9 @@ class GAN(keras.Model):
             if self.loss_kind == "non_saturating":
                 on_real = self.discriminator(real, training=True)
                 on_fake = self.discriminator(fake, training=True)
-                return cross_entropy(on_real, 1.0) + cross_entropy(on_fake, 0.0), {}
+                real_loss = self.cross_entropy(ops.ones_like(on_real), on_real)
+                fake_loss = self.cross_entropy(ops.zeros_like(on_fake), on_fake)
+                return real_loss + fake_loss, {}
             on_real, on_fake, penalty, norm = self.critic_scores_and_penalty(real, fake)
             estimate = ops.mean(on_real) - ops.mean(on_fake)
             terms = dict(wasserstein_estimate=estimate, gradient_penalty=penalty)
@@ -381,7 +378,7 @@ class GAN(keras.Model):
             fake = self.generator(noise, training=True)
             scores = self.discriminator(fake, training=True)
             if self.loss_kind == "non_saturating":
-                return cross_entropy(scores, 1.0)
+                return self.cross_entropy(ops.ones_like(scores), scores)
             return -ops.mean(scores)
 
         return self.update(self.generator, self.generator_optimizer, loss)
@@ -412,11 +409,9 @@ class GAN(keras.Model):
         return {**logs, **self.quality.summary()}
 
     def get_config(self):  # the networks as Keras objects: Keras serializes them
-        names = ["generator", "discriminator", "feature_extractor", "critic_steps"]
-        names.append("seed")
-        config = {name: getattr(self, name) for name in names}
-        config.update(loss=self.loss_kind, penalty_weight=self.penalty_weight)
-        return {**super().get_config(), **config}
+        names = "generator discriminator feature_extractor critic_steps seed".split()
+        config = {name: getattr(self, name) for name in [*names, "penalty_weight"]}
+        return {**super().get_config(), **config, "loss": self.loss_kind}
 
     def get_compile_config(self):
         return None  # a reloaded GAN samples; build_model makes one to train
@@ -426,12 +421,6 @@ class GAN(keras.Model):
         for name in ("generator", "discriminator", "feature_extractor"):
             config[name] = keras.saving.deserialize_keras_object(config.get(name))
         return cls(**config)
-
-
-def cross_entropy(logits, target):
-    """Binary cross-entropy of every score against one target (1 real, 0 fake)."""
-    targets = ops.full_like(logits, target)
-    return ops.mean(ops.binary_crossentropy(targets, logits, from_logits=True))
 
 
 # ------------------------------------------------------------------- architectures
@@ -471,34 +460,17 @@ def build_model(args, splits):
 
 
 # ----------------------------------------------------- what fit does besides fitting
-class Snapshots(keras.callbacks.Callback):
-    """Samples from fixed noise before training, every ``--snapshot-every`` epochs
-    and at the end (samples/epoch_NNN.png), and the training CPU time (wall time
-    on a shared machine varies more). A NaN GAN loss stops the runner's fit."""
+def snapshots(run, args, splits):
+    """A callback drawing samples from fixed noise before training, every
+    ``--snapshot-every`` epochs and at the end: samples/epoch_NNN.png."""
 
-    def __init__(self, run, args, splits):
-        super().__init__()
-        self.run, self.args, self.splits = run, args, splits
-        self.every = args.snapshot_every or max(1, args.epochs // 10)
+    def take(model, epoch, logs):
+        samples = model.sample(SAMPLES[kind_of(args.dataset)], seed=7)
+        title = f"{args.arch}, epoch {epoch}: {caption(logs) if epoch else 'untrained'}"
+        draw_samples(splits, samples, title, run.path / "samples", epoch)
 
-    def take(self, epoch, words):
-        samples = self.model.sample(SAMPLES[kind_of(self.args.dataset)], seed=7)
-        title = f"{self.args.arch}, epoch {epoch}: {words}"
-        draw_samples(self.splits, samples, title, self.run.path / "samples", epoch)
-
-    def on_train_begin(self, logs=None):
-        self.cpu_start = time.process_time()
-        if not self.run.resumed:  # (a resumed run's weights are not restored yet)
-            self.take(0, "untrained")
-
-    def on_epoch_end(self, epoch, logs=None):
-        last = epoch + 1 == self.params["epochs"] or self.model.stop_training
-        if (epoch + 1) % self.every == 0 or last:
-            self.take(epoch + 1, caption(logs))
-
-    def on_train_end(self, logs=None):
-        seconds = round(time.process_time() - self.cpu_start, 2)
-        self.run.write_config(train_cpu_seconds=seconds)
+    every = args.snapshot_every or max(1, args.epochs // 10)
+    return Snapshots(take, every=every, start=not run.resumed)
 
 
 # --------------------------------------------------------------------------- figures
@@ -577,7 +549,6 @@ def evaluate(gan, splits, run, args):
         steps = getattr(gan, f"{network}_optimizer").iterations
         metrics[f"{network}_updates"] = int(ops.convert_to_numpy(steps))
     metrics["params"] = metrics["generator_params"] + metrics["discriminator_params"]
-    metrics["train_cpu_seconds"] = run.config["train_cpu_seconds"]
     if kind == "ring":
         metrics["modes_covered"] = int(round(metrics["modes_covered"]))
     else:
@@ -590,20 +561,19 @@ def evaluate(gan, splits, run, args):
     draw_samples(splits, gan.sample(SAMPLES[kind], seed=7), words, run.plots)
     progress_figures(run)
     rows = [{"epoch": 0, **{f"val_{k}": v for k, v in initial.items()}}, *rows]
-    key = f"val_{QUALITY[kind]}"
-    lines = {f"{key} (generated vs validation)": [row[key] for row in rows]}
+    epochs, key = [row["epoch"] for row in rows], f"val_{QUALITY[kind]}"
+    lines = {f"{key} (generated vs validation)": (epochs, [row[key] for row in rows])}
     if kind == "ring":
-        lines["val_modes_covered / 8"] = [row["val_modes_covered"] / 8 for row in rows]
+        lines["val_modes_covered / 8"] = (
+            epochs,
+            [r["val_modes_covered"] / 8 for r in rows],
+        )
         ylabel, markers = "fraction (0 to 1)", []
     else:
         floor = splits.reference["frechet_distance_real_validation"]
         ylabel, markers = "Frechet distance", [(floor, "two real samples")]
-    lines = {
-        name: ([row["epoch"] for row in rows], line) for name, line in lines.items()
-    }
-    path, xlabel = run.plots / "quality.png", "epoch (0 = untrained)"
-    title = f"{title}: sample quality per epoch"
-    plots.curves(lines, path, title, xlabel, ylabel, markers=markers)
+    title, path = f"{title}: sample quality per epoch", run.plots / "quality.png"
+    plots.curves(lines, path, title, "epoch (0 = untrained)", ylabel, markers=markers)
     run.save_model(gan.generator, "generator.keras")
     run.add_section("Progress", "![progress](plots/progress.gif)")
     return metrics
@@ -628,8 +598,6 @@ def add_arguments(parser):
 def check_arguments(args, parser):
     if args.dataset is None:
         args.dataset = "digits" if args.compare or args.arch == "dcgan" else "ring"
-    if args.quick and args.epochs is None:
-        args.epochs = 2  # the runner's quick_epochs; every arch's default is longer
     if args.compare:
         return
     if args.dataset == "ring" and args.arch == "dcgan":
@@ -673,7 +641,7 @@ LAB = experiment.Lab(
     headline=lambda args: (QUALITY[kind_of(args.dataset)], "min"),
     prepare=prepare,
     fit_kwargs=lambda args, splits, run: dict(
-        callbacks=[Snapshots(run, args, splits)],
+        callbacks=[snapshots(run, args, splits)],
         validation_batch_size=BATCH[kind_of(args.dataset)],
     ),
     variants=lambda args: {  # on the ring: mlp and wgan-gp (dcgan needs images)

@@ -189,13 +189,15 @@ def test_a_non_empty_out_is_refused_and_kept(tmp_path, capsys):
 def test_snapshots_append_on_resume_instead_of_starting_again(tmp_path):
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     path = tmp_path / "snapshots.json"
-    first = lab0_basics.Snapshots(path, lambda model: model.get_weights()[0], [2])
+    first = lab0_basics.snapshots(path, lambda model: model.get_weights()[0], [2])
     first.set_model(model)
+    first.set_params({"epochs": 3})
     first.on_train_begin()
     for epoch in range(3):
         first.on_epoch_end(epoch)
-    resumed = lab0_basics.Snapshots(path, lambda model: model.get_weights()[0])
+    resumed = lab0_basics.snapshots(path, lambda model: model.get_weights()[0])
     resumed.set_model(model)
+    resumed.set_params({"epochs": 5})
     resumed.on_train_begin()
     resumed.on_epoch_end(3)
     rows = json.loads(path.read_text())
