@@ -769,8 +769,8 @@ def lab3_case(name, args):
         gan.jit_compile = compile_overrides.get("jit_compile", False)
         return gan
 
-    def lab_callbacks(run):  # the lab's fit_kwargs: samples, CPU time, NaN stop
-        return [lab3_gan.Snapshots(run, lab_args, data)]
+    def lab_callbacks(run):  # the lab's fit_kwargs: samples at chosen epochs
+        return [lab3_gan.snapshots(run, lab_args, data)]
 
     layout = memory_format(args)
     generator = TorchGenerator(hyper["latent_dim"], image_shape, hyper["width"]).to(
