@@ -368,3 +368,34 @@ def feature_maps(image, rows, path, title, channels=8):
     title += " (feature maps: each on its own colour scale, yellow high)"
     figure.suptitle(textwrap.fill(title, int(12 * size[0])), fontsize=10)
     return save(figure, path)
+
+
+def tile(images, columns=8):
+    """(N, H, W, C) images in [0, 1] as one (rows*(H+1), columns*(W+1), C) picture,
+    1-pixel white gaps between them; N a multiple of ``columns``."""
+    count, height, width, channels = np.shape(images)
+    tiles = np.ones((count, height + 1, width + 1, channels))
+    tiles[:, 1:, 1:] = np.clip(images, 0.0, 1.0)
+    tiles = tiles.reshape(-1, columns, height + 1, width + 1, channels).swapaxes(1, 2)
+    return tiles.reshape(-1, columns * (width + 1), channels).squeeze()
+
+
+def progress(paths, gif_path, png_path, picks=6):
+    """Frames of training (figures of one size, saved in order): an animated GIF
+    of all of them, the last held longer, and a PNG of ``picks`` evenly spaced
+    ones, 3 per row."""
+    from PIL import Image
+
+    images = [Image.open(path).convert("RGB") for path in paths]
+    frames = [image.quantize(colors=128) for image in images]
+    durations = [600] * (len(frames) - 1) + [2000]
+    gif = dict(save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    frames[0].save(gif_path, **gif)
+    chosen = sorted({round(k * (len(images) - 1) / (picks - 1)) for k in range(picks)})
+    width, height = images[0].size
+    columns, rows = min(3, len(chosen)), -(-len(chosen) // 3)
+    grid = Image.new("RGB", (width * columns, height * rows), "white")
+    for slot, index in enumerate(chosen):
+        grid.paste(images[index], (slot % 3 * width, slot // 3 * height))
+    grid.save(png_path)
+    return png_path

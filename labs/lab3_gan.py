@@ -479,15 +479,11 @@ def draw_samples(splits, samples, title, folder, epoch=None):
     gaps; saved as folder/epoch_NNN.png, or folder/samples.png."""
     figure, axis = plots.plt.subplots(figsize=(5, 5))
     axis.set_title(title, fontsize=10)
-    if splits.name != "ring":
-        count, height, width, channels = samples.shape  # 64 images in [-1, 1]
-        tiles = np.ones((count, height + 1, width + 1, channels))
-        tiles[:, 1:, 1:] = np.clip((samples + 1.0) / 2.0, 0.0, 1.0)
-        tiles = tiles.reshape(8, 8, height + 1, width + 1, channels).swapaxes(1, 2)
-        tiles = tiles.reshape(8 * (height + 1), 8 * (width + 1), channels).squeeze()
-        gray = "gray" if channels == 1 else None
+    if splits.name != "ring":  # 64 images in [-1, 1]
+        gray = "gray" if samples.shape[-1] == 1 else None
+        tiles = plots.tile((samples + 1.0) / 2.0)
         axis.imshow(tiles, cmap=gray, vmin=0, vmax=1, interpolation="nearest")
-        axis.set(xticks=[], yticks=[], xlabel=f"{count} generated images")
+        axis.set(xticks=[], yticks=[], xlabel=f"{len(samples)} generated images")
     else:
         label = "real (red: 3 std)"
         axis.scatter(*splits.x_val.T, s=4, color="0.6", alpha=0.5, label=label)
@@ -511,26 +507,6 @@ def caption(logs, prefix="val_"):
         return f"{values['modes_covered']:.0f} of 8 modes, {share:.2f} high-quality"
     confidence = values["classifier_confidence"]
     return f"FD {values['frechet_distance']:.2f}, confidence {confidence:.2f}"
-
-
-def progress_figures(run):
-    """plots/progress.gif from every samples/epoch_NNN.png (a resumed run's too),
-    plots/progress.png: up to 6 of them, 3 per row."""
-    from PIL import Image
-
-    paths = sorted((run.path / "samples").glob("epoch_*.png"))
-    images = [Image.open(path).convert("RGB") for path in paths]
-    frames = [image.quantize(colors=128) for image in images]
-    durations = [600] * (len(frames) - 1) + [2000]
-    gif = dict(save_all=True, append_images=frames[1:], duration=durations, loop=0)
-    frames[0].save(run.plots / "progress.gif", **gif)
-    picks = sorted({round(k * (len(images) - 1) / 5) for k in range(6)})
-    width, height = images[0].size  # every frame is a titled figure of one size
-    columns, rows = min(3, len(picks)), -(-len(picks) // 3)
-    grid = Image.new("RGB", (width * columns, height * rows), "white")
-    for slot, index in enumerate(picks):
-        grid.paste(images[index], (slot % 3 * width, slot // 3 * height))
-    grid.save(run.plots / "progress.png")
 
 
 def evaluate(gan, splits, run, args):
@@ -559,7 +535,8 @@ def evaluate(gan, splits, run, args):
     title = experiment.default_title(LAB, args)
     words = f"{title}, best epoch {best}:\n{caption(metrics, prefix='')}"
     draw_samples(splits, gan.sample(SAMPLES[kind], seed=7), words, run.plots)
-    progress_figures(run)
+    frames = sorted((run.path / "samples").glob("epoch_*.png"))  # resumed: all
+    plots.progress(frames, run.plots / "progress.gif", run.plots / "progress.png")
     rows = [{"epoch": 0, **{f"val_{k}": v for k, v in initial.items()}}, *rows]
     epochs, key = [row["epoch"] for row in rows], f"val_{QUALITY[kind]}"
     lines = {f"{key} (generated vs validation)": (epochs, [row[key] for row in rows])}
