@@ -750,10 +750,7 @@ def lab3_case(name, args):
     lab_args = experiment.parse_args(
         lab3_gan.LAB, ["--arch", "dcgan", "--dataset", "digits"]
     )
-    values = lab3_gan.HYPERPARAMETERS[("dcgan", "images")]
-    for key, value in zip(lab3_gan.COLUMNS, values):  # what the lab's prepare does
-        if getattr(lab_args, key, None) is None:
-            setattr(lab_args, key, value)
+    experiment.fill_defaults(lab3_gan.LAB, lab_args)  # as the runner does per run
     hyper = vars(lab_args)
     with contextlib.redirect_stdout(io.StringIO()):  # trains the feature classifier
         data = lab3_gan.load_data(lab_args)
@@ -769,8 +766,9 @@ def lab3_case(name, args):
         gan.jit_compile = compile_overrides.get("jit_compile", False)
         return gan
 
-    def lab_callbacks(run):  # the lab's fit_kwargs: samples at chosen epochs
-        return [lab3_gan.snapshots(run, lab_args, data)]
+    def lab_callbacks(run):  # the runner's for the lab: samples at chosen epochs
+        batch = lab3_gan.BATCH["images"]
+        return [experiment.snapshots(lab3_gan.LAB, run, lab_args, data, batch)]
 
     layout = memory_format(args)
     generator = TorchGenerator(hyper["latent_dim"], image_shape, hyper["width"]).to(

@@ -15,6 +15,7 @@ evaluation and plots, and one :class:`Lab`::
         build=build_model,                 # (args, splits) -> compiled keras.Model
         evaluate=evaluate,                 # (model, splits, run, args) -> flat dict
         headline=("test_accuracy", "max"), # what --compare ranks the variants by
+        flags={"width": (cli.positive_int, "filters of the first layer")},
     )
 
     def main(argv=None):
@@ -33,6 +34,20 @@ default one per architecture; ``variants=`` changes that), each into a complete
 sub-run directory, then writes comparison.md/.json, plots/comparison.png, a
 combined history and plots/learning_curves.png, metrics.json (the best variant's
 figures, plus ``<variant>_<key>`` for every variant's) and the best model.
+
+Optional parts a lab may hand over:
+
+- ``flags``: its own numeric or text flags, ``{name: (type, help)}``; the default
+  is ``hyperparameters[name]`` (None when absent), or a third item.
+- ``defaults(args)``: values for the flags left at None, chosen per run (a
+  comparison's variants each get their own arch's); the runner fills them in and
+  records them in config.json as ``hyperparameters``. A ``--patience`` left at
+  None turns early stopping off (the best epoch is still kept).
+- ``snapshot(model, splits, args, epoch, logs, path)``: one picture of what the
+  model makes. The runner adds ``--snapshot-every``, draws the picture before
+  training (epoch 0, with the untrained model's validation figures, also kept in
+  config.json as ``untrained``) and every N-th epoch into samples/epoch_NNN.png,
+  and turns those into plots/progress.gif and plots/progress.png for the report.
 A lab's ``conclude(results, run, args)`` may add sections to the comparison's
 report.md and return extra flat figures for its metrics.json (lab 9 writes its
 "what this shows" paragraph there). ``--resume`` continues an interrupted run, or
@@ -77,6 +92,9 @@ class Lab:
     add_arguments: Callable = None
     check_arguments: Callable = None
     headline: tuple = ("test_accuracy", "max")
+    flags: dict = None
+    defaults: Callable = None
+    snapshot: Callable = None
     prepare: Callable = None
     train: Callable = None
     fit_kwargs: Callable = None
@@ -177,6 +195,16 @@ def make_parser(lab):
     parser.add_argument(
         "--debug", action="store_true", help="show the full traceback on errors"
     )
+    for name, (kind, text, *default) in (lab.flags or {}).items():
+        default = default[0] if default else hyper.get(name)
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=kind, default=default, help=text)
+    if lab.snapshot:
+        parser.add_argument(
+            "--snapshot-every",
+            type=cli.positive_int,
+            help="epochs between the pictures in samples/ (default: a tenth of them)",
+        )
     if lab.add_arguments:
         lab.add_arguments(parser)
     return parser
@@ -288,8 +316,7 @@ def train_and_evaluate(lab, args, splits, run):
     """Build, fit, evaluate, save and report one run; returns its metrics."""
     from common import training
 
-    if lab.prepare:
-        lab.prepare(args, splits, run)
+    prepare(lab, args, splits, run)
     seed_everything(args.seed)
     model = lab.build(args, splits)
     print(f"model: {model.name}, {model.count_params():,} parameters")
@@ -298,6 +325,9 @@ def train_and_evaluate(lab, args, splits, run):
         result = lab.train(model, splits, run, args)
     else:
         extra = lab.fit_kwargs(args, splits, run) if lab.fit_kwargs else {}
+        if lab.snapshot:
+            take = snapshots(lab, run, args, splits, extra.get("validation_batch_size"))
+            extra["callbacks"] = [*extra.get("callbacks", []), take]
         if splits.train is not None:
             x, y = splits.train, None
             validation = splits.validation
@@ -314,18 +344,75 @@ def train_and_evaluate(lab, args, splits, run):
             validation_data=validation,
             epochs=args.epochs,
             batch_size=batch_size,
-            patience=args.patience,
+            patience=args.patience or args.epochs + 1,  # None: off
             monitor=lab.monitor,
             title=title,
             **extra,
         )
     figures = lab.evaluate(model, splits, run, args)
+    if lab.snapshot:
+        progress(run)
     metrics = {**result, **figures}
     run.write_metrics(metrics)
     run.save_model(model)
     run.write_report(title, metrics)
     print(summary_line(lab, args, metrics))
     return metrics
+
+
+def prepare(lab, args, splits, run):
+    """One run's set-up: the flags left at None from the lab's defaults (recorded in
+    config.json), then the lab's own ``prepare``."""
+    if lab.defaults:
+        run.write_config(hyperparameters=fill_defaults(lab, args))
+    if lab.prepare:
+        lab.prepare(args, splits, run)
+
+
+def fill_defaults(lab, args):
+    """Set the flags left at None from ``lab.defaults(args)``; returns their values."""
+    chosen = lab.defaults(args)
+    for key, value in chosen.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return {key: getattr(args, key) for key in chosen}
+
+
+def snapshots(lab, run, args, splits, batch_size=None):
+    """The callback that draws ``lab.snapshot`` into samples/epoch_NNN.png: before
+    training (not again on resume) with the untrained model's validation figures,
+    which config.json keeps as ``untrained``; every ``--snapshot-every`` epochs
+    and at the end with the epoch's logs."""
+    from common.callbacks import Snapshots
+
+    folder = run.path / "samples"
+    if splits.train is not None:
+        validation = [splits.validation]
+    else:
+        validation = [splits.x_val, splits.y_val]
+
+    def take(model, epoch, logs):
+        if epoch == 0:
+            size = batch_size or args.batch_size
+            figures = model.evaluate(*validation, size, verbose=0, return_dict=True)
+            logs = {f"val_{key}": float(value) for key, value in figures.items()}
+            run.write_config(untrained=logs)
+        folder.mkdir(exist_ok=True)
+        path = folder / f"epoch_{epoch:03d}.png"
+        lab.snapshot(model, splits, args, epoch, logs, path)
+
+    every = args.snapshot_every or max(1, args.epochs // 10)
+    return Snapshots(take, every=every, start=not run.resumed)
+
+
+def progress(run):
+    """plots/progress.gif and progress.png from every snapshot (a resumed run's too)."""
+    from common import plots
+
+    frames = sorted((run.path / "samples").glob("epoch_*.png"))
+    if frames:
+        plots.progress(frames, run.plots / "progress.gif", run.plots / "progress.png")
+        run.add_section("Progress", "![progress](plots/progress.gif)")
 
 
 def summary_line(lab, args, metrics):

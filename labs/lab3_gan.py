@@ -26,7 +26,6 @@ from keras import layers, ops
 from matplotlib.patches import Circle
 
 from common import cli, experiment, gradients, plots
-from common.callbacks import Snapshots
 from common.data import Splits, load_images, make_ring, ring_modes
 from common.runs import seed_everything
 
@@ -266,9 +265,6 @@ class FrechetDistance(keras.metrics.Metric):
         traces = ops.trace(covariance_a) + ops.trace(covariance_b)
         return ops.sum(ops.square(mean_a - mean_b)) + traces - 2.0 * trace_root
 
-    def summary(self):
-        return {}
-
 
 # ---------------------------------------------- the GAN: one train_step for all three
 @keras.saving.register_keras_serializable(package="workbook")
@@ -406,7 +402,7 @@ class GAN(keras.Model):
             logs["classifier_confidence"] = self.confidence.result()
         self.quality.update_state(real, fake)
         logs["loss"] = logs[self.quality.name] = self.quality.result()
-        return {**logs, **self.quality.summary()}
+        return {**logs, **getattr(self.quality, "summary", dict)()}  # ring: modes
 
     def get_config(self):  # the networks as Keras objects: Keras serializes them
         names = "generator discriminator feature_extractor critic_steps seed".split()
@@ -459,24 +455,16 @@ def build_model(args, splits):
     return gan
 
 
-# ----------------------------------------------------- what fit does besides fitting
-def snapshots(run, args, splits):
-    """A callback drawing samples from fixed noise before training, every
-    ``--snapshot-every`` epochs and at the end: samples/epoch_NNN.png."""
-
-    def take(model, epoch, logs):
-        samples = model.sample(SAMPLES[kind_of(args.dataset)], seed=7)
-        title = f"{args.arch}, epoch {epoch}: {caption(logs) if epoch else 'untrained'}"
-        draw_samples(splits, samples, title, run.path / "samples", epoch)
-
-    every = args.snapshot_every or max(1, args.epochs // 10)
-    return Snapshots(take, every=every, start=not run.resumed)
-
-
 # --------------------------------------------------------------------------- figures
-def draw_samples(splits, samples, title, folder, epoch=None):
+def snapshot(gan, splits, args, epoch, logs, path):
+    """What the generator makes of fixed noise at an epoch (0: untrained)."""
+    title = f"{args.arch}, epoch {epoch or '0 (untrained)'}: {caption(logs)}"
+    draw_samples(splits, gan.sample(SAMPLES[kind_of(args.dataset)], 7), title, path)
+
+
+def draw_samples(splits, samples, title, path):
     """Generated points over the real ring, or 8 x 8 generated images with 1-pixel
-    gaps; saved as folder/epoch_NNN.png, or folder/samples.png."""
+    gaps, saved at ``path``."""
     figure, axis = plots.plt.subplots(figsize=(5, 5))
     axis.set_title(title, fontsize=10)
     if splits.name != "ring":  # 64 images in [-1, 1]
@@ -494,9 +482,7 @@ def draw_samples(splits, samples, title, folder, epoch=None):
         axis.set(xlim=limits, ylim=limits, aspect="equal", xlabel="x1 (data units)")
         axis.set_ylabel("x2 (data units)")
         axis.legend(loc="center", fontsize=8, markerscale=3)
-    folder.mkdir(exist_ok=True)
-    name = "samples.png" if epoch is None else f"epoch_{epoch:03d}.png"
-    return plots.save(figure, folder / name)
+    return plots.save(figure, path)
 
 
 def caption(logs, prefix="val_"):
@@ -510,15 +496,10 @@ def caption(logs, prefix="val_"):
 
 
 def evaluate(gan, splits, run, args):
-    """Test-split quality; the samples, progress and quality figures;
-    generator.keras."""
+    """Test-split quality; the samples and quality figures; generator.keras."""
     kind, batch = kind_of(args.dataset), BATCH[kind_of(args.dataset)]
-    seed_everything(args.seed)  # the untrained GAN once more: epoch 0's quality
-    untrained = build_model(args, splits)
-    initial, logs = [
-        model.evaluate(x, batch_size=batch, verbose=0, return_dict=True)
-        for model, x in ((untrained, splits.x_val), (gan, splits.x_test))
-    ]
+    logs = gan.evaluate(splits.x_test, batch_size=batch, verbose=0, return_dict=True)
+    initial = run.config["untrained"]  # epoch 0's validation figures (the runner's)
     metrics = {key: value for key, value in logs.items() if key != "loss"}
     for network in ("generator", "discriminator"):  # sizes; who was updated how often
         metrics[f"{network}_params"] = getattr(gan, network).count_params()
@@ -529,22 +510,18 @@ def evaluate(gan, splits, run, args):
         metrics["modes_covered"] = int(round(metrics["modes_covered"]))
     else:
         metrics.update(splits.reference)
-        metrics["frechet_distance_initial"] = initial["frechet_distance"]
+        metrics["frechet_distance_initial"] = initial["val_frechet_distance"]
     rows = json.loads((run.path / "history.json").read_text())
     best = min(rows, key=lambda row: row["val_loss"])["epoch"]
     title = experiment.default_title(LAB, args)
     words = f"{title}, best epoch {best}:\n{caption(metrics, prefix='')}"
-    draw_samples(splits, gan.sample(SAMPLES[kind], seed=7), words, run.plots)
-    frames = sorted((run.path / "samples").glob("epoch_*.png"))  # resumed: all
-    plots.progress(frames, run.plots / "progress.gif", run.plots / "progress.png")
-    rows = [{"epoch": 0, **{f"val_{k}": v for k, v in initial.items()}}, *rows]
+    draw_samples(splits, gan.sample(SAMPLES[kind], 7), words, run.plots / "samples.png")
+    rows = [{"epoch": 0, **initial}, *rows]
     epochs, key = [row["epoch"] for row in rows], f"val_{QUALITY[kind]}"
     lines = {f"{key} (generated vs validation)": (epochs, [row[key] for row in rows])}
     if kind == "ring":
-        lines["val_modes_covered / 8"] = (
-            epochs,
-            [r["val_modes_covered"] / 8 for r in rows],
-        )
+        covered = [row["val_modes_covered"] / 8 for row in rows]
+        lines["val_modes_covered / 8"] = (epochs, covered)
         ylabel, markers = "fraction (0 to 1)", []
     else:
         floor = splits.reference["frechet_distance_real_validation"]
@@ -552,26 +529,10 @@ def evaluate(gan, splits, run, args):
     title, path = f"{title}: sample quality per epoch", run.plots / "quality.png"
     plots.curves(lines, path, title, "epoch (0 = untrained)", ylabel, markers=markers)
     run.save_model(gan.generator, "generator.keras")
-    run.add_section("Progress", "![progress](plots/progress.gif)")
     return metrics
 
 
 # --------------------------------------------------------------------------- the lab
-def add_arguments(parser):
-    parser.epilog = (
-        "Defaults of None: per --arch and data, from HYPERPARAMETERS in the lab. "
-        "--patience is off unless given: the epoch with the best quality is kept."
-    )
-    flags = {  # flag: (type, help)
-        "--critic-steps": (cli.positive_int, "discriminator steps per generator step"),
-        "--penalty-weight": (cli.positive_float, "gradient-penalty lambda (wgan-gp)"),
-        "--latent-dim": (cli.positive_int, "size of the generator's noise input"),
-        "--snapshot-every": (cli.positive_int, "epochs between samples (epochs/10)"),
-    }
-    for flag, (kind, text) in flags.items():
-        parser.add_argument(flag, type=kind, default=None, help=text)
-
-
 def check_arguments(args, parser):
     if args.dataset is None:
         args.dataset = "digits" if args.compare or args.arch == "dcgan" else "ring"
@@ -590,20 +551,11 @@ def check_arguments(args, parser):
         )
 
 
-def prepare(args, splits, run):
-    """Fill in the flags left at None from HYPERPARAMETERS, per run: a comparison's
-    variants each get their own arch's values."""
-    values = dict(zip(COLUMNS, HYPERPARAMETERS[(args.arch, kind_of(args.dataset))]))
-    for key, value in values.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    args.patience = args.patience or args.epochs + 1  # off unless asked for
-    run.write_config(hyperparameters={key: getattr(args, key) for key in values})
-
-
 LAB = experiment.Lab(
     name="lab3_gan",
-    description="Lab 3: a GAN (vanilla MLP, DCGAN or WGAN-GP) trained through fit.",
+    description="Lab 3: a GAN (vanilla MLP, DCGAN or WGAN-GP) trained through fit. "
+    "Defaults of None: per --arch and data, from HYPERPARAMETERS in the lab; "
+    "--patience is off unless given (the epoch with the best quality is kept).",
     hyperparameters=dict.fromkeys([*COLUMNS[:3], "patience"]),  # None: per arch
     architectures=ARCHITECTURES,
     default_arch="mlp",
@@ -613,13 +565,19 @@ LAB = experiment.Lab(
     load_data=load_data,
     build=build_model,
     evaluate=evaluate,
-    add_arguments=add_arguments,
+    flags={  # name: (type, help); their defaults of None: from HYPERPARAMETERS
+        "critic_steps": (cli.positive_int, "discriminator steps per generator step"),
+        "penalty_weight": (cli.positive_float, "gradient-penalty lambda (wgan-gp)"),
+        "latent_dim": (cli.positive_int, "size of the generator's noise input"),
+    },
     check_arguments=check_arguments,
+    defaults=lambda args: dict(
+        zip(COLUMNS, HYPERPARAMETERS[args.arch, kind_of(args.dataset)])
+    ),
+    snapshot=snapshot,
     headline=lambda args: (QUALITY[kind_of(args.dataset)], "min"),
-    prepare=prepare,
     fit_kwargs=lambda args, splits, run: dict(
-        callbacks=[snapshots(run, args, splits)],
-        validation_batch_size=BATCH[kind_of(args.dataset)],
+        validation_batch_size=BATCH[kind_of(args.dataset)]
     ),
     variants=lambda args: {  # on the ring: mlp and wgan-gp (dcgan needs images)
         a: {"arch": a}

@@ -10,6 +10,7 @@ from keras import ops
 from PIL import Image
 
 from common import cli, experiment, runs
+from common.callbacks import Snapshots
 from common.data import Splits
 from common.gradients import value_and_gradients
 from common.runs import seed_everything
@@ -360,7 +361,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch, caps
             raise KeyboardInterrupt
 
     out = tmp_path / "run"
-    monkeypatch.setattr(lab.Snapshots, "on_epoch_begin", interrupt, raising=False)
+    monkeypatch.setattr(Snapshots, "on_epoch_begin", interrupt, raising=False)
     assert cli.run(lab.main, ["--quick", "--out", str(out)]) == 130
     interrupted = json.loads((out / "metrics.json").read_text())
     assert interrupted["status"] == "interrupted"

@@ -141,8 +141,7 @@ def save(module_name, folder):
     seed_everything(args.seed)
     splits = experiment.load_splits(lab, args)
     run = Run.create(lab.name, args, argv)
-    if lab.prepare:
-        lab.prepare(args, splits, run)
+    experiment.prepare(lab, args, splits, run)
     seed_everything(args.seed)
     model = lab.build(args, splits)
     perturb(model)
