@@ -203,7 +203,7 @@ def make_parser(lab):
         parser.add_argument(
             "--snapshot-every",
             type=cli.positive_int,
-            help="epochs between the pictures in samples/ (default: a tenth of them)",
+            help="epochs between the pictures in samples/; None: a tenth of --epochs",
         )
     if lab.add_arguments:
         lab.add_arguments(parser)

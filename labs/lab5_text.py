@@ -390,20 +390,13 @@ def evaluate_word2vec(model, splits, run, args, title):
 # ----------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------
-def add_arguments(parser):
-    for flag, help_text in (
-        (
-            "sequence-length",
-            "tokens kept per review (default: 48 on reviews, 400 else)",
-        ),
-        ("vocabulary-size", "words kept, most frequent first"),
-        ("embedding-dim", "numbers per word vector"),
-        ("num-reviews", "reviews: size of the generated set"),
-        ("encoder", "embeddings-mlp: a keras-hub preset name or a local preset folder"),
-    ):
-        default = HYPERPARAMETERS.get(flag.replace("-", "_"))
-        kind = str if flag == "encoder" else cli.positive_int
-        parser.add_argument(f"--{flag}", type=kind, default=default, help=help_text)
+FLAGS = {  # name: (type, help); the defaults are in HYPERPARAMETERS
+    "sequence_length": (cli.positive_int, "tokens kept per review, by dataset"),
+    "vocabulary_size": (cli.positive_int, "words kept, most frequent first"),
+    "embedding_dim": (cli.positive_int, "numbers per word vector"),
+    "num_reviews": (cli.positive_int, "reviews: size of the generated set"),
+    "encoder": (str, "embeddings-mlp: a keras-hub preset name or a preset folder"),
+}
 
 
 def check_arguments(args, parser):
@@ -433,7 +426,7 @@ LAB = experiment.Lab(
     build=build_model,
     evaluate=evaluate,
     train=train,
-    add_arguments=add_arguments,
+    flags=FLAGS,
     check_arguments=check_arguments,
     variants=lambda args: {arch: {"arch": arch} for arch in CLASSIFIERS},
     title=lambda args: f"Lab 5 {args.arch} on {Path(args.dataset.split(':')[-1]).name}",

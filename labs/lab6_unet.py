@@ -349,20 +349,18 @@ def draw_rows(columns, headings, row_labels, class_names, path, title):
 
 
 # ---- Command line -------------------------------------------------------------
+SIZES = f"{HYPERPARAMETERS['scene_size']} for scenes, {HYPERPARAMETERS['image_size']}"
+FLAGS = {  # name: help; positive integers, their defaults from HYPERPARAMETERS
+    "depth": "encoder blocks; the image size must be divisible by 2**depth",
+    "width": "filters of the first block, doubled at every level",
+    "num_scenes": "scenes: images generated (70/10/20 %% train/validation/test)",
+    "image_size": f"square image size in pixels (None: {SIZES} for photos)",
+}
+FLAGS = {name: (cli.positive_int, text) for name, text in FLAGS.items()}
+FLAGS["image_size"] += (None,)  # chosen by the data
+
+
 def add_arguments(parser):
-    sizes = (
-        f"{HYPERPARAMETERS['scene_size']} for scenes, {HYPERPARAMETERS['image_size']}"
-    )
-    flags = {
-        "depth": "encoder blocks; the image size must be divisible by 2**depth",
-        "width": "filters of the first block, doubled at every level",
-        "num_scenes": "scenes: images generated (70/10/20 %% train/validation/test)",
-        "image_size": f"square image size in pixels (None: {sizes} for photos)",
-    }
-    for name, text in flags.items():
-        default = HYPERPARAMETERS[name] if name != "image_size" else None
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, type=cli.positive_int, default=default, help=text)
     parser.add_argument(
         "--augment",
         choices=AUGMENTATIONS,
@@ -405,6 +403,7 @@ LAB = experiment.Lab(
     load_data=load_data,
     build=build_model,
     evaluate=evaluate,
+    flags=FLAGS,
     add_arguments=add_arguments,
     check_arguments=check_arguments,
     headline=("mean_iou", "max"),

@@ -371,16 +371,13 @@ def conclude(results, run, args):
 # ----------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------
-def add_arguments(parser):
-    for name, kind, text in (
-        ("embedding_dim", cli.positive_int, "numbers per image; course bar: <= 128"),
-        ("labelled", cli.positive_int, "labelled training images the forests see"),
-        ("noise", cli.fraction, "denoising: std of input noise, pixels in [0, 1]"),
-        ("width", cli.positive_int, "conv: first layer's filters; dense: units / 8"),
-        ("trees", cli.positive_int, "trees in each random forest"),
-    ):
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, type=kind, default=HYPERPARAMETERS[name], help=text)
+FLAGS = {  # name: (type, help); the defaults are in HYPERPARAMETERS
+    "embedding_dim": (cli.positive_int, "numbers per image; course bar: <= 128"),
+    "labelled": (cli.positive_int, "labelled training images the forests see"),
+    "noise": (cli.fraction, "denoising: std of input noise, pixels in [0, 1]"),
+    "width": (cli.positive_int, "conv: first layer's filters; dense: units / 8"),
+    "trees": (cli.positive_int, "trees in each random forest"),
+}
 
 
 def check_arguments(args, parser):
@@ -428,7 +425,7 @@ LAB = experiment.Lab(
     load_data=load_data,
     build=build_model,
     evaluate=evaluate,
-    add_arguments=add_arguments,
+    flags=FLAGS,
     check_arguments=check_arguments,
     headline=("test_accuracy", "max"),
     train=train,

@@ -74,9 +74,7 @@ def make_lab(**overrides):
         load_data=load_blobs,
         build=build_dense,
         evaluate=evaluate,
-        add_arguments=lambda parser: parser.add_argument(
-            "--width", type=int, default=8
-        ),
+        flags={"width": (int, "hidden units", 8)},
         variants=lambda args: {
             "narrow": {"arch": "narrow", "width": 4},
             "wide": {"arch": "wide", "width": 32},
@@ -166,6 +164,57 @@ def test_an_interrupted_comparison_resumes_its_unfinished_variants(tmp_path):
     epochs = [row["epoch"] for row in read(out / "wide" / "history.json")]
     assert epochs == [1, 2, 3]  # resumed after its checkpoint: no gap, no repeat
     assert read(out / "deep" / "metrics.json")["status"] == "completed"
+
+
+def draw_points(model, splits, args, epoch, logs, path):
+    """A lab's snapshot: the model's class scores on the test points as a picture."""
+    from PIL import Image
+
+    scores = model.predict(splits.x_test[:32], verbose=0)
+    Image.fromarray((255 * scores).astype("uint8")).resize((48, 96)).save(path)
+    assert epoch > 0 or set(logs) == {"val_loss", "val_accuracy"}
+
+
+def test_lab_flags_per_run_defaults_and_snapshots(tmp_path):
+    widths = {"narrow": 4, "wide": 32, "deep": 16}
+    lab = make_lab(
+        flags={"width": (int, "hidden units; None: per arch")},
+        defaults=lambda args: {"width": widths[args.arch]},
+        snapshot=draw_points,
+        variants=None,
+    )
+    out = tmp_path / "compare"
+    argv = ["--compare", "--epochs", "3", "--snapshot-every", "2", "--out", str(out)]
+    experiment.run(lab, argv)
+    assert read(out / "config.json")["args"]["width"] is None  # parent: untouched
+    for arch, width in widths.items():
+        config = read(out / arch / "config.json")
+        assert config["hyperparameters"] == {"width": width}
+        assert config["untrained"]["val_accuracy"] < 1.0  # before any training
+        names = sorted(path.name for path in (out / arch / "samples").iterdir())
+        assert names == ["epoch_000.png", "epoch_002.png", "epoch_003.png"]
+        assert (out / arch / "plots" / "progress.png").is_file()
+        assert "plots/progress.gif" in (out / arch / "report.md").read_text()
+    widths["narrow"] = 0  # a flag given on the command line wins over defaults
+    run = experiment.run(
+        lab, ["--width", "5", "--epochs", "1", "--out", str(tmp_path / "one")]
+    )
+    assert run["params"] == 4 * 5 + 5 + 5 * 3 + 3
+
+
+@pytest.mark.filterwarnings("ignore:The model does not have any trainable weights")
+def test_patience_left_at_none_turns_early_stopping_off(tmp_path):
+    def build_frozen(args, splits):  # the validation loss never changes
+        model = build_dense(args, splits)
+        model.trainable = False
+        return model
+
+    hyperparameters = {"epochs": 6, "patience": None}
+    lab = make_lab(hyperparameters=hyperparameters, build=build_frozen)
+    off = experiment.run(lab, ["--out", str(tmp_path / "off")])
+    on = experiment.run(lab, ["--patience", "1", "--out", str(tmp_path / "on")])
+    assert (off["status"], off["epochs_run"]) == ("completed", 6)
+    assert on["status"] == "early_stopped" and on["epochs_run"] < 6
 
 
 def test_the_test_dataset_must_differ_from_the_training_one(tmp_path, capsys):
