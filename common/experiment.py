@@ -48,6 +48,7 @@ Optional parts a lab may hand over:
   training (epoch 0, with the untrained model's validation figures, also kept in
   config.json as ``untrained``) and every N-th epoch into samples/epoch_NNN.png,
   and turns those into plots/progress.gif and plots/progress.png for the report.
+
 A lab's ``conclude(results, run, args)`` may add sections to the comparison's
 report.md and return extra flat figures for its metrics.json (lab 9 writes its
 "what this shows" paragraph there). ``--resume`` continues an interrupted run, or
