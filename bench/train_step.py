@@ -767,8 +767,11 @@ def lab3_case(name, args):
         return gan
 
     def lab_callbacks(run):  # the runner's for the lab: samples at chosen epochs
-        batch = lab3_gan.BATCH["images"]
-        return [experiment.snapshots(lab3_gan.LAB, run, lab_args, data, batch)]
+        validation, batch = (data.x_val, data.y_val), lab3_gan.BATCH["images"]
+        take = experiment.snapshots(
+            lab3_gan.LAB, run, lab_args, data, validation, batch
+        )
+        return [take]
 
     layout = memory_format(args)
     generator = TorchGenerator(hyper["latent_dim"], image_shape, hyper["width"]).to(

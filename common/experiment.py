@@ -326,9 +326,6 @@ def train_and_evaluate(lab, args, splits, run):
         result = lab.train(model, splits, run, args)
     else:
         extra = lab.fit_kwargs(args, splits, run) if lab.fit_kwargs else {}
-        if lab.snapshot:
-            take = snapshots(lab, run, args, splits, extra.get("validation_batch_size"))
-            extra["callbacks"] = [*extra.get("callbacks", []), take]
         if splits.train is not None:
             x, y = splits.train, None
             validation = splits.validation
@@ -337,6 +334,10 @@ def train_and_evaluate(lab, args, splits, run):
             x, y = splits.x_train, splits.y_train
             validation = (splits.x_val, splits.y_val)
             batch_size = args.batch_size
+        if lab.snapshot:
+            size = extra.get("validation_batch_size", batch_size)
+            take = snapshots(lab, run, args, splits, validation, size)
+            extra["callbacks"] = [*extra.get("callbacks", []), take]
         result = training.fit(
             model,
             run,
@@ -379,23 +380,22 @@ def fill_defaults(lab, args):
     return {key: getattr(args, key) for key in chosen}
 
 
-def snapshots(lab, run, args, splits, batch_size=None):
+def snapshots(lab, run, args, splits, validation, batch_size=None):
     """The callback that draws ``lab.snapshot`` into samples/epoch_NNN.png: before
     training (not again on resume) with the untrained model's validation figures,
     which config.json keeps as ``untrained``; every ``--snapshot-every`` epochs
-    and at the end with the epoch's logs."""
+    and at the end with the epoch's logs. ``validation`` is what ``fit`` gets: an
+    (x, y) tuple or a streaming source."""
     from common.callbacks import Snapshots
 
     folder = run.path / "samples"
-    if splits.train is not None:
-        validation = [splits.validation]
-    else:
-        validation = [splits.x_val, splits.y_val]
+    data = validation if isinstance(validation, tuple) else (validation,)
 
     def take(model, epoch, logs):
         if epoch == 0:
-            size = batch_size or args.batch_size
-            figures = model.evaluate(*validation, size, verbose=0, return_dict=True)
+            figures = model.evaluate(
+                *data, batch_size=batch_size, verbose=0, return_dict=True
+            )
             logs = {f"val_{key}": float(value) for key, value in figures.items()}
             run.write_config(untrained=logs)
         folder.mkdir(exist_ok=True)

@@ -350,14 +350,12 @@ def draw_rows(columns, headings, row_labels, class_names, path, title):
 
 # ---- Command line -------------------------------------------------------------
 SIZES = f"{HYPERPARAMETERS['scene_size']} for scenes, {HYPERPARAMETERS['image_size']}"
-FLAGS = {  # name: help; positive integers, their defaults from HYPERPARAMETERS
-    "depth": "encoder blocks; the image size must be divisible by 2**depth",
-    "width": "filters of the first block, doubled at every level",
-    "num_scenes": "scenes: images generated (70/10/20 %% train/validation/test)",
-    "image_size": f"square image size in pixels (None: {SIZES} for photos)",
+FLAGS = {  # name: (type, help[, default]); the defaults are in HYPERPARAMETERS
+    "depth": (cli.positive_int, "encoder blocks; image sides divisible by 2**depth"),
+    "width": (cli.positive_int, "filters of the first block, doubled at every level"),
+    "num_scenes": (cli.positive_int, "scenes: images generated (70/10/20 %% splits)"),
+    "image_size": (cli.positive_int, f"pixels a side (None: {SIZES} photos)", None),
 }
-FLAGS = {name: (cli.positive_int, text) for name, text in FLAGS.items()}
-FLAGS["image_size"] += (None,)  # chosen by the data
 
 
 def add_arguments(parser):
